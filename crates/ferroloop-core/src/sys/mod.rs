@@ -1,0 +1,19 @@
+//! OS-specific pieces. Each facility is one small file; another OS adds its own files and a
+//! `cfg` line here, and nothing above this module changes.
+//!
+//! - `clock`   — `CLOCK_MONOTONIC` in nanoseconds.
+//! - `epoll`   — the level-triggered selector (Linux).
+//! - `eventfd` — the wake-up primitive (Linux).
+
+#[cfg(unix)]
+pub mod clock;
+
+#[cfg(target_os = "linux")]
+pub mod epoll;
+#[cfg(target_os = "linux")]
+pub mod eventfd;
+
+#[cfg(target_os = "linux")]
+pub use epoll::Selector;
+#[cfg(target_os = "linux")]
+pub use eventfd::EventFd as WakeFd;

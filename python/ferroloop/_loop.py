@@ -1,0 +1,147 @@
+"""ferroloop.Loop: the Rust core (ready queue, timers, poller, run loop) plus asyncio's policy code.
+
+The hot paths — call_soon/call_later/call_at/call_soon_threadsafe, handles, the iteration itself —
+are Rust (`_ferroloop.LoopCore`). Methods that are pure policy and never on a hot path
+(run_until_complete, the exception handler, executors, async generator hooks, task factory, debug
+switches, DNS through the executor) are the stdlib's own functions from
+``asyncio.base_events.BaseEventLoop``, bound to this class: they then behave exactly as the
+running interpreter's asyncio, version by version, because they *are* that code. They rely only
+on the attributes that BaseEventLoop.__init__ sets, which Loop.__init__ sets too (the Rust core
+provides ``_closed``, ``_stopping``, ``_debug`` and ``slow_callback_duration`` as properties).
+"""
+
+import asyncio
+import sys
+import threading
+import time
+import warnings
+import weakref
+from asyncio import base_events as _be
+from asyncio import coroutines as _coroutines
+from asyncio import events as _events
+
+from . import _ferroloop
+
+__all__ = ('Loop',)
+
+_Base = _be.BaseEventLoop
+
+# Borrowed from asyncio.base_events.BaseEventLoop, see the module docstring.
+_BORROWED = (
+    '__repr__',
+    'run_until_complete',
+    'create_future',
+    'create_task',
+    'set_task_factory',
+    'get_task_factory',
+    'is_running',
+    '_check_running',
+    '_check_thread',
+    '_check_callback',
+    '_check_default_executor',
+    '_asyncgen_finalizer_hook',
+    '_asyncgen_firstiter_hook',
+    'shutdown_asyncgens',
+    'shutdown_default_executor',
+    '_do_shutdown',
+    'run_in_executor',
+    'set_default_executor',
+    '_getaddrinfo_debug',
+    'getaddrinfo',
+    'getnameinfo',
+    'get_exception_handler',
+    'set_exception_handler',
+    'default_exception_handler',
+    'call_exception_handler',
+    'get_debug',
+    'set_debug',
+    '_set_coroutine_origin_tracking',
+)
+
+
+class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
+    """An asyncio event loop implemented in Rust."""
+
+    def __init__(self):
+        # The Rust core (LoopCore.__new__) already owns the ready queue, the timers, the poller,
+        # the cross-thread waker and the _closed/_stopping/_debug flags.
+        self._timer_cancelled_count = 0  # informational; the Rust timer queue keeps its own
+        self._default_executor = None
+        self._internal_fds = 0
+        self._thread_id = None
+        self._clock_resolution = time.get_clock_info('monotonic').resolution
+        self._exception_handler = None
+        self.set_debug(_coroutines._is_debug_mode())
+        self.slow_callback_duration = 0.1
+        self._current_handle = None
+        self._task_factory = None
+        self._coroutine_origin_tracking_enabled = False
+        self._coroutine_origin_tracking_saved_depth = None
+        self._asyncgens = weakref.WeakSet()
+        self._asyncgens_shutdown_called = False
+        self._executor_shutdown_called = False
+        self._old_agen_hooks = None
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def _run_forever_setup(self):
+        # asyncio 3.12's BaseEventLoop._run_forever_setup (3.11 inlines the same steps).
+        self._check_closed()
+        self._check_running()
+        self._set_coroutine_origin_tracking(self._debug)
+        self._old_agen_hooks = sys.get_asyncgen_hooks()
+        self._thread_id = threading.get_ident()
+        sys.set_asyncgen_hooks(
+            firstiter=self._asyncgen_firstiter_hook,
+            finalizer=self._asyncgen_finalizer_hook,
+        )
+        _events._set_running_loop(self)
+
+    def _run_forever_cleanup(self):
+        self._stopping = False
+        self._thread_id = None
+        _events._set_running_loop(None)
+        self._set_coroutine_origin_tracking(False)
+        if self._old_agen_hooks is not None:
+            sys.set_asyncgen_hooks(*self._old_agen_hooks)
+            self._old_agen_hooks = None
+
+    def run_forever(self):
+        """Run until stop() is called."""
+        self._run_forever_setup()
+        try:
+            self._run()  # Rust: iterate until stop()
+        finally:
+            self._run_forever_cleanup()
+
+    # -- closing ---------------------------------------------------------------------------------
+
+    def close(self):
+        """Close the event loop: drop pending callbacks and shut the default executor down.
+
+        The loop must not be running. Closing twice is a no-op.
+        """
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self._closed:
+            return
+        if self._debug:
+            _be.logger.debug("Close %r", self)
+        self._closed = True
+        self._close_core()  # Rust: clear ready queue and timers, release the poller
+        self._executor_shutdown_called = True
+        executor = self._default_executor
+        if executor is not None:
+            self._default_executor = None
+            executor.shutdown(wait=False)
+
+    def __del__(self, _warn=warnings.warn):
+        if not self.is_closed():
+            _warn(f"unclosed event loop {self!r}", ResourceWarning, source=self)
+            if not self.is_running():
+                self.close()
+
+
+for _name in _BORROWED:
+    setattr(Loop, _name, getattr(_Base, _name))
+del _name
