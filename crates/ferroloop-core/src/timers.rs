@@ -152,6 +152,11 @@ impl<T> TimerQueue<T> {
         }
     }
 
+    /// Every entry, in no particular order (for garbage-collector traversal).
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.heap.iter().map(|e| &e.item)
+    }
+
     /// Remove everything (loop close).
     pub fn clear(&mut self) -> Vec<T> {
         self.cancelled = 0;

@@ -1,0 +1,329 @@
+//! `Handle` and `TimerHandle`: asyncio's handle interface, implemented in Rust.
+//!
+//! A handle is created by every `call_soon`/`call_later`, so it is a frozen pyclass with plain
+//! fields: creating one is a single allocation, and the run loop reads the `cancelled` flag
+//! without any borrow. The mutable part (callback and arguments, dropped on `cancel()` as asyncio
+//! does) lives in a `GilCell`. Attribute names (`_callback`, `_args`, `_cancelled`, `_loop`,
+//! `_source_traceback`, `_repr`, `_when`, `_scheduled`) are asyncio's, read-only, so that asyncio's
+//! formatting helpers and third-party introspection work unchanged.
+//!
+//! `TimerHandle` extends `Handle`; the timer fields live in `Handle` (unused for plain handles) so
+//! the ready queue can hold both as `Py<Handle>`.
+
+use std::ptr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::pyclass::CompareOp;
+use pyo3::types::{PyFloat, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::gil::GilCell;
+use crate::helpers;
+use crate::loop_core::LoopCore;
+
+pub(crate) struct HandleData {
+    callback: Option<PyObject>,
+    args: Option<Py<PyTuple>>,
+    /// Kept on cancel() in debug mode, as asyncio does.
+    repr: Option<PyObject>,
+}
+
+#[pyclass(frozen, subclass, weakref, module = "ferroloop._ferroloop")]
+pub struct Handle {
+    data: GilCell<HandleData>,
+    context: PyObject,
+    loop_: Py<LoopCore>,
+    source_traceback: Option<PyObject>,
+    cancelled: AtomicBool,
+    /// Deadline of a TimerHandle (NaN for a plain Handle).
+    pub(crate) when: f64,
+    is_timer: bool,
+    /// A TimerHandle still in the loop's timer queue.
+    pub(crate) scheduled: AtomicBool,
+}
+
+#[pyclass(frozen, extends = Handle, module = "ferroloop._ferroloop")]
+pub struct TimerHandle;
+
+/// `contextvars.copy_context()`.
+fn copy_context(py: Python<'_>) -> PyResult<PyObject> {
+    // SAFETY: called with the GIL held; returns a new reference or NULL with an exception set.
+    unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()).map(Bound::unbind) }
+}
+
+impl Handle {
+    fn build(
+        py: Python<'_>,
+        callback: PyObject,
+        args: Py<PyTuple>,
+        context: Option<PyObject>,
+        loop_: &Bound<'_, LoopCore>,
+        when: f64,
+        is_timer: bool,
+    ) -> PyResult<Handle> {
+        let context = match context {
+            Some(c) if !c.is_none(py) => c,
+            _ => copy_context(py)?,
+        };
+        let source_traceback = if loop_.get().debug() {
+            Some(helpers::get(py)?.source_traceback.call0(py)?)
+        } else {
+            None
+        };
+        Ok(Handle {
+            data: GilCell::new(HandleData { callback: Some(callback), args: Some(args), repr: None }),
+            context,
+            loop_: loop_.clone().unbind(),
+            source_traceback,
+            cancelled: AtomicBool::new(false),
+            when,
+            is_timer,
+            scheduled: AtomicBool::new(is_timer),
+        })
+    }
+
+    pub(crate) fn new_soon(
+        py: Python<'_>,
+        callback: PyObject,
+        args: Py<PyTuple>,
+        context: Option<PyObject>,
+        loop_: &Bound<'_, LoopCore>,
+    ) -> PyResult<Py<Handle>> {
+        Py::new(py, Self::build(py, callback, args, context, loop_, f64::NAN, false)?)
+    }
+
+    pub(crate) fn new_timer(
+        py: Python<'_>,
+        when: f64,
+        callback: PyObject,
+        args: Py<PyTuple>,
+        context: Option<PyObject>,
+        loop_: &Bound<'_, LoopCore>,
+    ) -> PyResult<Py<TimerHandle>> {
+        let base = Self::build(py, callback, args, context, loop_, when, true)?;
+        Py::new(py, PyClassInitializer::from(base).add_subclass(TimerHandle))
+    }
+
+    #[inline]
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Relaxed)
+    }
+
+    /// Run the callback in its context; asyncio's `Handle._run`.
+    /// Returns `Err` only for SystemExit and KeyboardInterrupt, which must stop the loop; any
+    /// other exception goes to the loop's exception handler.
+    #[inline]
+    pub(crate) fn run(slf: &Bound<'_, Handle>) -> PyResult<()> {
+        let py = slf.py();
+        let h = slf.get();
+        let Some((callback, args)) = h.data.with(py, |d| match (&d.callback, &d.args) {
+            (Some(c), Some(a)) => Some((c.clone_ref(py), a.clone_ref(py))),
+            _ => None,
+        })?
+        else {
+            return Ok(()); // cancelled before it ran
+        };
+        let ctx = h.context.as_ptr();
+        // SAFETY: GIL held; `ctx`, `callback` and `args` are live references we own or borrow for
+        // the duration of the call. Enter/Exit are balanced on every path; a NULL result means a
+        // Python exception is set, which PyErr::fetch takes.
+        let failed = unsafe {
+            if ffi::PyContext_Enter(ctx) != 0 {
+                true
+            } else {
+                let res = ffi::PyObject_Call(callback.as_ptr(), args.as_ptr(), ptr::null_mut());
+                let exit_failed = ffi::PyContext_Exit(ctx) != 0;
+                if res.is_null() {
+                    true
+                } else {
+                    ffi::Py_DECREF(res);
+                    exit_failed
+                }
+            }
+        };
+        drop((callback, args));
+        if failed {
+            let err = PyErr::fetch(py);
+            if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) {
+                return Err(err);
+            }
+            helpers::get(py)?.callback_failed.call1(py, (slf, err.into_value(py)))?;
+        }
+        Ok(())
+    }
+
+    fn loop_debug(&self) -> bool {
+        self.loop_.get().debug()
+    }
+}
+
+#[pymethods]
+impl Handle {
+    /// Cancel the call. Cancelling twice, or after the call ran, does nothing.
+    fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let h = slf.get();
+        if h.cancelled.swap(true, Relaxed) {
+            return Ok(());
+        }
+        if h.is_timer && h.scheduled.load(Relaxed) {
+            h.loop_.get().timer_cancelled(py)?;
+        }
+        let repr = if h.loop_debug() { Some(slf.repr()?.into_any().unbind()) } else { None };
+        let dropped = h.data.with(py, |d| {
+            if repr.is_some() {
+                d.repr = repr;
+            }
+            (d.callback.take(), d.args.take())
+        })?;
+        drop(dropped); // outside the borrow: destructors may run Python code
+        Ok(())
+    }
+
+    fn cancelled(&self) -> bool {
+        self.is_cancelled()
+    }
+
+    fn get_context(&self, py: Python<'_>) -> PyObject {
+        self.context.clone_ref(py)
+    }
+
+    fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Handle::run(slf)
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+        let py = slf.py();
+        if let Some(r) = slf.get().data.with(py, |d| d.repr.as_ref().map(|r| r.clone_ref(py)))? {
+            return Ok(r);
+        }
+        helpers::get(py)?.handle_repr.call1(py, (slf,))
+    }
+
+    #[getter]
+    fn _callback(&self, py: Python<'_>) -> PyResult<Option<PyObject>> {
+        self.data.with(py, |d| d.callback.as_ref().map(|c| c.clone_ref(py)))
+    }
+
+    #[getter]
+    fn _args(&self, py: Python<'_>) -> PyResult<Option<Py<PyTuple>>> {
+        self.data.with(py, |d| d.args.as_ref().map(|a| a.clone_ref(py)))
+    }
+
+    #[getter]
+    fn _cancelled(&self) -> bool {
+        self.is_cancelled()
+    }
+
+    #[getter]
+    fn _loop(&self, py: Python<'_>) -> Py<LoopCore> {
+        self.loop_.clone_ref(py)
+    }
+
+    #[getter]
+    fn _context(&self, py: Python<'_>) -> PyObject {
+        self.context.clone_ref(py)
+    }
+
+    #[getter]
+    fn _source_traceback(&self, py: Python<'_>) -> Option<PyObject> {
+        self.source_traceback.as_ref().map(|t| t.clone_ref(py))
+    }
+
+    #[getter]
+    fn _repr(&self, py: Python<'_>) -> PyResult<Option<PyObject>> {
+        self.data.with(py, |d| d.repr.as_ref().map(|r| r.clone_ref(py)))
+    }
+
+    #[getter]
+    fn _is_timer(&self) -> bool {
+        self.is_timer
+    }
+
+    #[getter]
+    fn _when(&self) -> f64 {
+        self.when
+    }
+
+    #[getter]
+    fn _scheduled(&self) -> bool {
+        self.scheduled.load(Relaxed)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.context)?;
+        visit.call(&self.loop_)?;
+        if let Some(t) = &self.source_traceback {
+            visit.call(t)?;
+        }
+        if let Some(d) = self.data.peek() {
+            if let Some(c) = &d.callback {
+                visit.call(c)?;
+            }
+            if let Some(a) = &d.args {
+                visit.call(a)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        // The GC holds the GIL while clearing.
+        Python::with_gil(|py| {
+            if let Ok(dropped) = self.data.with(py, |d| (d.callback.take(), d.args.take())) {
+                drop(dropped);
+            }
+        })
+    }
+}
+
+#[pymethods]
+impl TimerHandle {
+    /// The absolute time (loop.time() clock) the callback is scheduled for.
+    fn when(slf: PyRef<'_, Self>) -> f64 {
+        slf.as_super().when
+    }
+
+    fn __hash__(slf: PyRef<'_, Self>) -> PyResult<isize> {
+        PyFloat::new(slf.py(), slf.as_super().when).hash()
+    }
+
+    /// asyncio.TimerHandle's comparisons: order by `when`; equality also compares callback,
+    /// arguments and cancelled state.
+    fn __richcmp__(slf: PyRef<'_, Self>, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<PyObject> {
+        let py = slf.py();
+        let Ok(other) = other.downcast::<TimerHandle>() else {
+            return Ok(py.NotImplemented());
+        };
+        let a = slf.as_super();
+        let b = other.as_super().get();
+        let result = match op {
+            CompareOp::Lt => a.when < b.when,
+            CompareOp::Gt => a.when > b.when,
+            CompareOp::Le => a.when < b.when || handles_equal(py, a, b)?,
+            CompareOp::Ge => a.when > b.when || handles_equal(py, a, b)?,
+            CompareOp::Eq => handles_equal(py, a, b)?,
+            CompareOp::Ne => !handles_equal(py, a, b)?,
+        };
+        Ok(result.into_pyobject(py)?.to_owned().into_any().unbind())
+    }
+}
+
+fn handles_equal(py: Python<'_>, a: &Handle, b: &Handle) -> PyResult<bool> {
+    if a.when != b.when || a.is_cancelled() != b.is_cancelled() {
+        return Ok(false);
+    }
+    let (ca, aa) = (a._callback(py)?, a._args(py)?);
+    let (cb, ab) = (b._callback(py)?, b._args(py)?);
+    let eq = |x: &Option<PyObject>, y: &Option<PyObject>| -> PyResult<bool> {
+        match (x, y) {
+            (None, None) => Ok(true),
+            (Some(x), Some(y)) => x.bind(py).eq(y.bind(py)),
+            _ => Ok(false),
+        }
+    };
+    Ok(eq(&ca, &cb)? && eq(&aa.map(Py::into_any), &ab.map(Py::into_any))?)
+}

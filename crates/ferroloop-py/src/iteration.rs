@@ -1,0 +1,146 @@
+//! One iteration of the loop: asyncio's `BaseEventLoop._run_once`, step for step.
+//!
+//! 1. Drop cancelled timers (from the heap top, or a full purge when most are cancelled).
+//! 2. Decide how long to wait: not at all if callbacks are ready or the loop is stopping, until
+//!    the next timer otherwise (rounded up to the poller's resolution), or until woken.
+//! 3. Poll for I/O with the GIL released; EINTR runs Python's signal handlers (so Ctrl-C
+//!    interrupts a loop blocked waiting, exactly as in asyncio's selector loop).
+//! 4. Move due timers (deadline <= now: never early) to the ready queue.
+//! 5. Run the callbacks that are ready now — not the ones they schedule, which wait for the next
+//!    iteration.
+//!
+//! Python references removed from the queues are dropped only after the queue borrow ends,
+//! because a destructor can run arbitrary Python code.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use ferroloop_core::timeout::Wait;
+use pyo3::exceptions::PyOSError;
+use pyo3::prelude::*;
+
+use crate::handle::Handle;
+use crate::helpers;
+use crate::loop_core::{LoopCore, WAKER_TOKEN};
+
+fn is_cancelled(h: &Py<Handle>) -> bool {
+    h.get().is_cancelled()
+}
+
+pub(crate) fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
+    let py = slf.py();
+    let this = slf.get();
+
+    // 1. cancelled timers
+    let mut removed: Vec<Py<Handle>> = Vec::new();
+    let next_deadline = this.timers.with(py, |t| {
+        if t.should_purge() {
+            t.purge_cancelled(is_cancelled, &mut removed);
+        } else {
+            t.pop_cancelled_head(is_cancelled, &mut removed);
+        }
+        t.next_deadline()
+    })?;
+    if !removed.is_empty() {
+        for h in &removed {
+            h.get().scheduled.store(false, Relaxed);
+        }
+        drop(removed);
+    }
+
+    // 2. how long to wait
+    let ready_now = this.ready.with(py, |r| r.len())?;
+    let wait = if ready_now > 0 || this.stopping.load(Relaxed) {
+        Wait::Poll
+    } else if let Some(d) = next_deadline {
+        Wait::until(d, this.now())
+    } else {
+        Wait::Forever
+    };
+
+    // 3. poll
+    poll(slf, wait)?;
+
+    // 4. due timers
+    if next_deadline.is_some() {
+        let now = this.now();
+        this.timers.with(py, |t| {
+            this.ready.with(py, |r| {
+                t.drain_due(now, is_cancelled, |h| {
+                    h.get().scheduled.store(false, Relaxed);
+                    r.push(h);
+                })
+            })
+        })??;
+    }
+
+    // 5. run the ready batch
+    let ntodo = this.ready.with(py, |r| r.batch())?;
+    let debug = this.debug();
+    for _ in 0..ntodo {
+        let Some(handle) = this.ready.with(py, |r| r.pop())? else { break };
+        if handle.get().is_cancelled() {
+            continue;
+        }
+        let bound = handle.bind(py);
+        if debug {
+            run_debug(slf, bound)?;
+        } else {
+            Handle::run(bound)?;
+        }
+    }
+    Ok(())
+}
+
+/// Debug mode: record the current handle for the exception handler and warn about callbacks
+/// slower than `slow_callback_duration`, as asyncio does.
+fn run_debug(slf: &Bound<'_, LoopCore>, handle: &Bound<'_, Handle>) -> PyResult<()> {
+    let py = slf.py();
+    let this = slf.get();
+    slf.setattr("_current_handle", handle)?;
+    let t0 = this.now();
+    let result = Handle::run(handle).and_then(|()| {
+        let dt = this.now() - t0;
+        if dt >= this.slow_callback_duration() {
+            helpers::get(py)?.slow_callback.call1(py, (handle, dt))?;
+        }
+        Ok(())
+    });
+    let cleared = slf.setattr("_current_handle", py.None());
+    result.and(cleared)
+}
+
+/// Wait for I/O readiness or a wake-up, then dispatch what arrived.
+fn poll(slf: &Bound<'_, LoopCore>, mut wait: Wait) -> PyResult<()> {
+    let py = slf.py();
+    let this = slf.get();
+    if wait == Wait::Poll && this.io_registrations.load(Relaxed) == 0 {
+        // Nothing but the waker is registered and we must not block: a zero-timeout
+        // epoll_wait could report nothing useful, so skip the syscall.
+        return Ok(());
+    }
+    if wait != Wait::Poll {
+        this.waker.prepare_to_poll();
+        // Look again after announcing the sleep: a thread may have queued work just before.
+        if this.ready.with(py, |r| !r.is_empty())? || this.stopping.load(Relaxed) {
+            wait = Wait::Poll;
+        }
+    }
+    let mut events = this.events.with(py, std::mem::take)?;
+    let timeout = wait.as_epoll_timeout();
+    let selector = &this.selector;
+    let result = py.allow_threads(|| selector.select(&mut events, timeout));
+    let mut woken = false;
+    for ev in &events {
+        if ev.token == WAKER_TOKEN {
+            woken = true;
+        }
+        // I/O dispatch for readers/writers goes here.
+    }
+    this.waker.after_poll(woken);
+    this.events.with(py, |e| *e = events)?;
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => py.check_signals(),
+        Err(e) => Err(PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string()))),
+    }
+}

@@ -1,0 +1,333 @@
+//! `LoopCore`: the Rust base class of `ferroloop.Loop`.
+//!
+//! It owns what the hot paths touch — the ready queue, the timer queue, the poller, the
+//! cross-thread waker and the loop flags — and implements the scheduling methods. The Python
+//! subclass adds asyncio's policy methods (see `python/ferroloop/_loop.py`). Flags asyncio keeps
+//! as attributes (`_closed`, `_stopping`, `_debug`, `slow_callback_duration`) are properties here,
+//! so the stdlib methods `Loop` reuses read and write the Rust state.
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+use ferroloop_core::clock::{Clock, MonotonicClock};
+use ferroloop_core::poller::{Event, Interest, Selector};
+use ferroloop_core::ready::ReadyQueue;
+use ferroloop_core::timers::TimerQueue;
+use ferroloop_core::waker::Waker;
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyFloat, PyInt, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::gil::GilCell;
+use crate::handle::{Handle, TimerHandle};
+use crate::iteration;
+
+/// Poller token of the waker's eventfd.
+pub(crate) const WAKER_TOKEN: u64 = u64::MAX;
+
+#[pyclass(frozen, subclass, module = "ferroloop._ferroloop")]
+pub struct LoopCore {
+    pub(crate) ready: GilCell<ReadyQueue<Py<Handle>>>,
+    pub(crate) timers: GilCell<TimerQueue<Py<Handle>>>,
+    pub(crate) events: GilCell<Vec<Event>>,
+    pub(crate) selector: Selector,
+    pub(crate) waker: Waker,
+    /// fds registered in the poller besides the waker (none until readers/writers exist).
+    pub(crate) io_registrations: std::sync::atomic::AtomicUsize,
+    closed: AtomicBool,
+    pub(crate) stopping: AtomicBool,
+    debug: AtomicBool,
+    slow_callback_duration: AtomicU64, // f64 bits
+}
+
+fn os_err(e: std::io::Error) -> PyErr {
+    PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string()))
+}
+
+impl LoopCore {
+    #[inline]
+    pub(crate) fn debug(&self) -> bool {
+        self.debug.load(Relaxed)
+    }
+
+    pub(crate) fn slow_callback_duration(&self) -> f64 {
+        f64::from_bits(self.slow_callback_duration.load(Relaxed))
+    }
+
+    #[inline]
+    pub(crate) fn now(&self) -> f64 {
+        MonotonicClock.now()
+    }
+
+    #[inline]
+    fn check_closed_(&self) -> PyResult<()> {
+        if self.closed.load(Relaxed) {
+            return Err(PyRuntimeError::new_err("Event loop is closed"));
+        }
+        Ok(())
+    }
+
+    /// A scheduled TimerHandle was cancelled (asyncio's `_timer_handle_cancelled`).
+    pub(crate) fn timer_cancelled(&self, py: Python<'_>) -> PyResult<()> {
+        self.timers.with(py, |t| t.note_cancelled())
+    }
+
+    fn debug_checks(slf: &Bound<'_, Self>, callback: &PyObject, method: &str, check_thread: bool) -> PyResult<()> {
+        if check_thread {
+            slf.call_method0("_check_thread")?;
+        }
+        slf.call_method1("_check_callback", (callback, method))?;
+        Ok(())
+    }
+
+    fn schedule_at(
+        slf: &Bound<'_, Self>,
+        when: f64,
+        callback: PyObject,
+        args: &Bound<'_, PyTuple>,
+        context: Option<PyObject>,
+    ) -> PyResult<Py<TimerHandle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed_()?;
+        if this.debug() {
+            Self::debug_checks(slf, &callback, "call_at", true)?;
+        }
+        let timer = Handle::new_timer(py, when, callback, args.clone().unbind(), context, slf)?;
+        let as_handle: Py<Handle> = timer.clone_ref(py).into_bound(py).into_super().unbind();
+        this.timers.with(py, |t| t.push(when, as_handle))?;
+        Ok(timer)
+    }
+}
+
+/// A deadline from a number, with asyncio's errors: `loop.time() + delay` is evaluated by Python
+/// for anything that is not a plain int or float, so a bad type fails with the same TypeError.
+fn deadline(py: Python<'_>, now: f64, delay: &Bound<'_, PyAny>) -> PyResult<f64> {
+    if delay.is_exact_instance_of::<PyFloat>() || delay.is_exact_instance_of::<PyInt>() {
+        return Ok(now + delay.extract::<f64>()?);
+    }
+    PyFloat::new(py, now).add(delay)?.extract::<f64>()
+}
+
+fn seconds(py: Python<'_>, when: &Bound<'_, PyAny>) -> PyResult<f64> {
+    let _ = py;
+    when.extract::<f64>()
+}
+
+#[pymethods]
+impl LoopCore {
+    #[new]
+    fn new() -> PyResult<Self> {
+        let selector = Selector::new().map_err(os_err)?;
+        let waker = Waker::new().map_err(os_err)?;
+        selector.register(waker.as_raw_fd(), WAKER_TOKEN, Interest::READ).map_err(os_err)?;
+        Ok(LoopCore {
+            ready: GilCell::new(ReadyQueue::new()),
+            timers: GilCell::new(TimerQueue::new()),
+            events: GilCell::new(Vec::with_capacity(64)),
+            selector,
+            waker,
+            io_registrations: std::sync::atomic::AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            debug: AtomicBool::new(false),
+            slow_callback_duration: AtomicU64::new(0.1f64.to_bits()),
+        })
+    }
+
+    /// The loop's clock: `time.monotonic()`.
+    fn time(&self) -> f64 {
+        self.now()
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon(
+        slf: &Bound<'_, Self>,
+        callback: PyObject,
+        args: &Bound<'_, PyTuple>,
+        context: Option<PyObject>,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed_()?;
+        if this.debug() {
+            Self::debug_checks(slf, &callback, "call_soon", true)?;
+        }
+        let handle = Handle::new_soon(py, callback, args.clone().unbind(), context, slf)?;
+        let queued = handle.clone_ref(py);
+        this.ready.with(py, |r| r.push(queued))?;
+        Ok(handle)
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon_threadsafe(
+        slf: &Bound<'_, Self>,
+        callback: PyObject,
+        args: &Bound<'_, PyTuple>,
+        context: Option<PyObject>,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed_()?;
+        if this.debug() {
+            Self::debug_checks(slf, &callback, "call_soon_threadsafe", false)?;
+        }
+        let handle = Handle::new_soon(py, callback, args.clone().unbind(), context, slf)?;
+        let queued = handle.clone_ref(py);
+        this.ready.with(py, |r| r.push(queued))?;
+        this.waker.wake();
+        Ok(handle)
+    }
+
+    #[pyo3(signature = (delay, callback, *args, context=None))]
+    fn call_later(
+        slf: &Bound<'_, Self>,
+        delay: &Bound<'_, PyAny>,
+        callback: PyObject,
+        args: &Bound<'_, PyTuple>,
+        context: Option<PyObject>,
+    ) -> PyResult<Py<TimerHandle>> {
+        if delay.is_none() {
+            return Err(PyTypeError::new_err("delay must not be None"));
+        }
+        let when = deadline(slf.py(), slf.get().now(), delay)?;
+        Self::schedule_at(slf, when, callback, args, context)
+    }
+
+    #[pyo3(signature = (when, callback, *args, context=None))]
+    fn call_at(
+        slf: &Bound<'_, Self>,
+        when: &Bound<'_, PyAny>,
+        callback: PyObject,
+        args: &Bound<'_, PyTuple>,
+        context: Option<PyObject>,
+    ) -> PyResult<Py<TimerHandle>> {
+        if when.is_none() {
+            return Err(PyTypeError::new_err("when cannot be None"));
+        }
+        let when = seconds(slf.py(), when)?;
+        Self::schedule_at(slf, when, callback, args, context)
+    }
+
+    /// Stop after the current iteration (callbacks already scheduled for it still run).
+    fn stop(&self) {
+        self.stopping.store(true, Relaxed);
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Relaxed)
+    }
+
+    fn _check_closed(&self) -> PyResult<()> {
+        self.check_closed_()
+    }
+
+    /// Iterate until stop() (the body of run_forever; set-up and clean-up are in Python).
+    fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        loop {
+            iteration::run_once(slf)?;
+            if this.stopping.load(Relaxed) {
+                return Ok(());
+            }
+        }
+    }
+
+    fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
+        iteration::run_once(slf)
+    }
+
+    /// Make the loop's current or next poll return (asyncio's self-pipe write).
+    fn _write_to_self(&self) {
+        self.waker.wake_always();
+    }
+
+    /// asyncio's `_timer_handle_cancelled` (TimerHandle.cancel does this itself).
+    fn _timer_handle_cancelled(&self, py: Python<'_>, handle: &Bound<'_, TimerHandle>) -> PyResult<()> {
+        if handle.as_super().get().scheduled.load(Relaxed) {
+            self.timer_cancelled(py)?;
+        }
+        Ok(())
+    }
+
+    /// Drop every pending callback and timer (loop.close()).
+    fn _close_core(&self, py: Python<'_>) -> PyResult<()> {
+        let ready = self.ready.with(py, |r| r.clear())?;
+        let timers = self.timers.with(py, |t| t.clear())?;
+        for t in &timers {
+            t.get().scheduled.store(false, Relaxed);
+        }
+        drop((ready, timers));
+        Ok(())
+    }
+
+    #[getter(_closed)]
+    fn get_closed(&self) -> bool {
+        self.closed.load(Relaxed)
+    }
+    #[setter(_closed)]
+    fn set_closed(&self, value: bool) {
+        self.closed.store(value, Relaxed);
+    }
+
+    #[getter(_stopping)]
+    fn get_stopping(&self) -> bool {
+        self.stopping.load(Relaxed)
+    }
+    #[setter(_stopping)]
+    fn set_stopping(&self, value: bool) {
+        self.stopping.store(value, Relaxed);
+    }
+
+    #[getter(_debug)]
+    fn get_debug_flag(&self) -> bool {
+        self.debug()
+    }
+    #[setter(_debug)]
+    fn set_debug_flag(&self, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.debug.store(value.is_truthy()?, Relaxed);
+        Ok(())
+    }
+
+    #[getter(slow_callback_duration)]
+    fn get_slow_callback_duration(&self) -> f64 {
+        self.slow_callback_duration()
+    }
+    #[setter(slow_callback_duration)]
+    fn set_slow_callback_duration(&self, value: f64) {
+        self.slow_callback_duration.store(value.to_bits(), Relaxed);
+    }
+
+    /// Callbacks waiting in the ready queue (introspection and tests).
+    #[getter]
+    fn _ready_count(&self, py: Python<'_>) -> PyResult<usize> {
+        self.ready.with(py, |r| r.len())
+    }
+
+    /// Timers in the timer queue, cancelled ones not yet purged included.
+    #[getter]
+    fn _scheduled_count(&self, py: Python<'_>) -> PyResult<usize> {
+        self.timers.with(py, |t| t.len())
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(r) = self.ready.peek() {
+            for h in r.iter() {
+                visit.call(h)?;
+            }
+        }
+        if let Some(t) = self.timers.peek() {
+            for h in t.iter() {
+                visit.call(h)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        Python::with_gil(|py| {
+            let _ = self._close_core(py);
+        })
+    }
+}
