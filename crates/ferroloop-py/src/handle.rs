@@ -31,7 +31,7 @@ pub(crate) struct HandleData {
     repr: Option<PyObject>,
 }
 
-#[pyclass(frozen, subclass, weakref, module = "ferroloop._ferroloop")]
+#[pyclass(frozen, subclass, weakref, freelist = 256, module = "ferroloop._ferroloop")]
 pub struct Handle {
     data: GilCell<HandleData>,
     context: PyObject,
@@ -119,8 +119,10 @@ impl Handle {
     pub(crate) fn run(slf: &Bound<'_, Handle>) -> PyResult<()> {
         let py = slf.py();
         let h = slf.get();
+        // Bound (not Py) clones: dropping a Bound decrefs directly, without PyO3's
+        // "is the GIL held?" check that dropping a Py performs.
         let Some((callback, args)) = h.data.with(py, |d| match (&d.callback, &d.args) {
-            (Some(c), Some(a)) => Some((c.clone_ref(py), a.clone_ref(py))),
+            (Some(c), Some(a)) => Some((c.bind(py).clone(), a.bind(py).clone())),
             _ => None,
         })?
         else {

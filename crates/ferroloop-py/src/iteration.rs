@@ -78,14 +78,14 @@ pub(crate) fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
     let debug = this.debug();
     for _ in 0..ntodo {
         let Some(handle) = this.ready.with(py, |r| r.pop())? else { break };
+        let handle = handle.into_bound(py); // dropped as Bound: a direct decref
         if handle.get().is_cancelled() {
             continue;
         }
-        let bound = handle.bind(py);
         if debug {
-            run_debug(slf, bound)?;
+            run_debug(slf, &handle)?;
         } else {
-            Handle::run(bound)?;
+            Handle::run(&handle)?;
         }
     }
     Ok(())
