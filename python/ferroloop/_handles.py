@@ -12,7 +12,8 @@ from asyncio.log import logger as _logger
 
 __all__ = ()
 
-_NEEDS_DEBUG_ARG = sys.version_info >= (3, 12)
+# 'debug' was added to _format_callback_source in a 3.12 patch release: ask the function.
+_NEEDS_DEBUG_ARG = 'debug' in _fh._format_callback_source.__code__.co_varnames
 _handle_repr_info = _events.Handle._repr_info
 
 
