@@ -61,9 +61,10 @@ conformance-%: .venv/%/.built ## CPython's own test_asyncio against ferroloop on
 conformance: $(addprefix conformance-,$(VERSIONS)) ## CPython's own test_asyncio on every version (gate: known failures may only shrink)
 
 .PHONY: bench
-bench: ## the benchmark suite: asyncio, uvloop, rloop and ferroloop side by side (release build)
+bench: ## the benchmark suite: asyncio, uvloop, rloop and ferroloop side by side (release build); ARGS=--quick etc.
 	$(MAKE) build V=3.11
-	.venv/3.11/bin/python bench/run.py
+	.venv/3.11/bin/python -m pip install -q --disable-pip-version-check -r bench/requirements.txt
+	.venv/3.11/bin/python bench/run.py --markdown $(ARGS)
 
 .PHONY: lint
 lint: ## rustfmt check, clippy and stub check

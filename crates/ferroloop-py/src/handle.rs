@@ -7,6 +7,12 @@
 //! `_source_traceback`, `_repr`, `_when`, `_scheduled`) are asyncio's, read-only, so that asyncio's
 //! formatting helpers and third-party introspection work unchanged.
 //!
+//! Handles are not tracked by the cyclic garbage collector: with many pending handles (a burst of
+//! `call_soon_threadsafe`, a large fan-out) GC passes over them dominated the cost of scheduling.
+//! Cycles through a handle (`self._timer = loop.call_later(t, self._on_timeout)`) are broken
+//! instead by releasing the callback and its arguments as soon as the handle has run, is
+//! cancelled (asyncio does this too), or is dropped by `loop.close()`.
+//!
 //! `TimerHandle` extends `Handle`; the timer fields live in `Handle` (unused for plain handles) so
 //! the ready queue can hold both as `Py<Handle>`.
 
@@ -18,7 +24,6 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
 use pyo3::types::{PyFloat, PyTuple};
-use pyo3::{PyTraverseError, PyVisit};
 
 use crate::gil::GilCell;
 use crate::helpers;
@@ -148,11 +153,23 @@ impl Handle {
         };
         drop((callback, args));
         if failed {
+            // The callback is still set: release() comes after the exception handler, so the
+            // handle's repr in the handler's context names the callback.
             let err = PyErr::fetch(py);
             if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) {
                 return Err(err);
             }
             helpers::get(py)?.callback_failed.call1(py, (slf, err.into_value(py)))?;
+        }
+        Ok(())
+    }
+
+    /// Drop the callback and its arguments once the handle has run (see the module docs).
+    #[inline]
+    pub(crate) fn release(&self, py: Python<'_>) -> PyResult<()> {
+        let dropped = self.data.with(py, |d| (d.callback.take(), d.args.take()))?;
+        if let (Some(c), Some(a)) = dropped {
+            drop((c.into_bound(py), a.into_bound(py))); // direct decref, see run()
         }
         Ok(())
     }
@@ -194,7 +211,9 @@ impl Handle {
     }
 
     fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Handle::run(slf)
+        let result = Handle::run(slf);
+        slf.get().release(slf.py())?;
+        result
     }
 
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
@@ -253,32 +272,6 @@ impl Handle {
     #[getter]
     fn _scheduled(&self) -> bool {
         self.scheduled.load(Relaxed)
-    }
-
-    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.context)?;
-        visit.call(&self.loop_)?;
-        if let Some(t) = &self.source_traceback {
-            visit.call(t)?;
-        }
-        if let Some(d) = self.data.peek() {
-            if let Some(c) = &d.callback {
-                visit.call(c)?;
-            }
-            if let Some(a) = &d.args {
-                visit.call(a)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn __clear__(&self) {
-        // The GC holds the GIL while clearing.
-        Python::with_gil(|py| {
-            if let Ok(dropped) = self.data.with(py, |d| (d.callback.take(), d.args.take())) {
-                drop(dropped);
-            }
-        })
     }
 }
 

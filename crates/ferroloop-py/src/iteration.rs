@@ -82,11 +82,9 @@ pub(crate) fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
         if handle.get().is_cancelled() {
             continue;
         }
-        if debug {
-            run_debug(slf, &handle)?;
-        } else {
-            Handle::run(&handle)?;
-        }
+        let result = if debug { run_debug(slf, &handle) } else { Handle::run(&handle) };
+        handle.get().release(py)?;
+        result?;
     }
     Ok(())
 }

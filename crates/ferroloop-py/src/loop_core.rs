@@ -258,6 +258,10 @@ impl LoopCore {
         for t in &timers {
             t.get().scheduled.store(false, Relaxed);
         }
+        // These will never run: release their callbacks, which may reference the handle.
+        for h in ready.iter().chain(timers.iter()) {
+            h.get().release(py)?;
+        }
         drop((ready, timers));
         Ok(())
     }
