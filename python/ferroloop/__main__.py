@@ -24,6 +24,12 @@ What the program sees is what ``python SCRIPT`` would give it:
   shuts down normally and then kills itself with SIGINT (status -2 for ``subprocess``, 130 in a
   shell). This is not imitated: the exception is handed back to the interpreter's own top level
   (with the traceback printing already done), which does it.
+
+One difference remains, because the program runs inside this command's functions: stacks that
+are *recorded* rather than raised, and deep enough to reach the bottom of the stack, include the
+few frames of this module (``ferroloop/__main__.py``) below the program's ``<module>`` frame. In
+practice that is only asyncio's debug mode (``Coroutine created at`` of a never-awaited coroutine,
+``created at`` tracebacks of handles and tasks) and ``traceback.print_stack()``-style output.
 """
 
 import argparse
@@ -75,7 +81,8 @@ def _make_parser():
     run.add_argument('-m', dest='module', metavar='MODULE',
                      help='run library module MODULE as a script, like python -m')
     run.add_argument('script', nargs='?', metavar='SCRIPT',
-                     help='path of the script (or of a directory / zip file with __main__.py)')
+                     help="path of the script (or of a directory / zip file with __main__.py, "
+                          "or '-' for standard input)")
     run.add_argument('args', nargs='*', metavar='ARGS', help='arguments for the program')
     return parser
 
@@ -135,6 +142,12 @@ def _run_script(script, args):
     """``python SCRIPT ARGS...``"""
     import runpy
     sys.argv = [script, *args]
+    if script == '-':
+        # `python -`: the program comes from standard input; sys.path[0] is '' then.
+        _set_path0('')
+        main = _fresh_main_module()
+        exec(compile(sys.stdin.read(), '<stdin>', 'exec', dont_inherit=True), main.__dict__)
+        return
     if os.path.isdir(script) or _is_zipfile(script):
         # python puts the directory / zip file first on sys.path and runs its __main__ module.
         _set_path0(script)
@@ -199,8 +212,8 @@ def _cannot_open(script, exc):
 
 def run(script=None, module=None, args=()):
     """Run a program like python would, on ferroloop. Returns only if it ends normally."""
-    if module is None and not os.path.exists(script):
-        try:
+    if module is None and script != '-' and not os.path.isdir(script):
+        try:                      # missing or unreadable: python's message and status 2
             open(script, 'rb').close()
         except OSError as exc:
             return _cannot_open(script, exc)

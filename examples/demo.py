@@ -1,0 +1,114 @@
+"""The ferroloop demo (`make demo`): a few examples on ferroloop, then a short timing vs asyncio.
+
+1. Runs some of the example programs with `python -m ferroloop run examples/X.py`, i.e. unmodified
+   asyncio programs on the ferroloop loop, and shows their output.
+2. Times two loop-bound micro benchmarks on asyncio's own loop and on ferroloop, interleaved,
+   and prints the median of each and the speed-up:
+     - call_soon: 200,000 call_soon() callbacks, then loop.stop()
+     - sleep(0):  one task doing 100,000 `await asyncio.sleep(0)` (a task switch each)
+
+    python examples/demo.py            # what `make demo` runs
+    python examples/demo.py --quick    # a few seconds, smaller numbers (used by the tests)
+"""
+
+import argparse
+import asyncio
+import gc
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SHOWN = ['hello_coroutine.py', 'concurrent_tasks.py', 'cancel_on_ctrl_c.py', 'threaded_loop.py']
+
+
+def heading(text):
+    print(f"\n=== {text} " + "=" * max(3, 76 - len(text)), flush=True)
+
+
+def run_examples():
+    for name in SHOWN:
+        path = os.path.join(HERE, name)
+        heading(f"python -m ferroloop run examples/{name}")
+        r = subprocess.run([sys.executable, '-m', 'ferroloop', 'run', path],
+                           capture_output=True, text=True, timeout=60)
+        print(r.stdout, end='')
+        if r.stderr:
+            print(r.stderr, end='', file=sys.stderr)
+        if r.returncode != 0:
+            print(f"(exit status {r.returncode})")
+        sys.stdout.flush()
+
+
+# -- the timing ----------------------------------------------------------------------------------
+
+def bench_call_soon(loop, n):
+    def callback():
+        pass
+
+    start = time.perf_counter()
+    for _ in range(n):
+        loop.call_soon(callback)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    return time.perf_counter() - start
+
+
+def bench_sleep0(loop, n):
+    async def switcher():
+        for _ in range(n):
+            await asyncio.sleep(0)
+
+    start = time.perf_counter()
+    loop.run_until_complete(switcher())
+    return time.perf_counter() - start
+
+
+def timing(reps, n_call_soon, n_sleep0):
+    import ferroloop
+
+    factories = {'asyncio': asyncio.SelectorEventLoop, 'ferroloop': ferroloop.new_event_loop}
+    benches = [(f"{n_call_soon:,} call_soon callbacks", bench_call_soon, n_call_soon),
+               (f"{n_sleep0:,} sleep(0) task switches", bench_sleep0, n_sleep0)]
+    heading(f"timing: ferroloop {ferroloop.__version__} ({ferroloop.BUILD_PROFILE} build) vs "
+            f"asyncio, Python {sys.version.split()[0]}")
+    print(f"median of {reps} interleaved runs each\n")
+    print(f"{'benchmark':<32}{'asyncio':>12}{'ferroloop':>12}{'speed-up':>11}")
+    for label, bench, n in benches:
+        results = {name: [] for name in factories}
+        for _ in range(reps):
+            for name, factory in factories.items():   # interleaved: asyncio, ferroloop, ...
+                loop = factory()
+                try:
+                    gc.collect()
+                    results[name].append(bench(loop, n))
+                finally:
+                    loop.close()
+        a = statistics.median(results['asyncio'])
+        f = statistics.median(results['ferroloop'])
+        print(f"{label:<32}{a * 1e3:>10.1f}ms{f * 1e3:>10.1f}ms{a / f:>10.2f}x", flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--quick', action='store_true', help='smaller numbers, one run each')
+    parser.add_argument('--no-examples', action='store_true', help='only the timing')
+    args = parser.parse_args()
+    started = time.perf_counter()
+    version = subprocess.run([sys.executable, '-m', 'ferroloop', '--version'],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    print(f"{version}: a drop-in replacement for the asyncio event loop, written in Rust")
+    if not args.no_examples:
+        run_examples()
+    if args.quick:
+        timing(reps=1, n_call_soon=20_000, n_sleep0=10_000)
+    else:
+        timing(reps=5, n_call_soon=200_000, n_sleep0=100_000)
+    print(f"\ndemo done in {time.perf_counter() - started:.1f}s; "
+          "run `python -m ferroloop run YOUR_SCRIPT.py` to try your own asyncio program")
+
+
+if __name__ == '__main__':
+    main()
