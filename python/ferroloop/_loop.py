@@ -11,6 +11,8 @@ provides ``_closed``, ``_stopping``, ``_debug`` and ``slow_callback_duration`` a
 """
 
 import asyncio
+import errno
+import signal
 import sys
 import threading
 import time
@@ -19,6 +21,7 @@ import weakref
 from asyncio import base_events as _be
 from asyncio import coroutines as _coroutines
 from asyncio import events as _events
+from asyncio import unix_events as _unix_events
 
 from . import _ferroloop
 
@@ -81,6 +84,7 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
         self._asyncgens_shutdown_called = False
         self._executor_shutdown_called = False
         self._old_agen_hooks = None
+        self._signal_handlers = {}
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -134,6 +138,72 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
         if executor is not None:
             self._default_executor = None
             executor.shutdown(wait=False)
+        self._close_signal_handlers()
+
+    def _close_signal_handlers(self):
+        # asyncio._UnixSelectorEventLoop.close
+        if not sys.is_finalizing():
+            for sig in list(self._signal_handlers):
+                self.remove_signal_handler(sig)
+        elif self._signal_handlers:
+            warnings.warn(f"Closing the loop {self!r} "
+                          f"on interpreter shutdown "
+                          f"stage, skipping signal handlers removal",
+                          ResourceWarning,
+                          source=self)
+            self._signal_handlers.clear()
+
+    # -- signals ---------------------------------------------------------------------------------
+
+    def add_signal_handler(self, sig, callback, *args):
+        """Run callback(*args) on the loop whenever signal `sig` arrives (main thread only).
+
+        asyncio's semantics and errors. CPython's C-level handler writes to the loop's wake-up
+        pipe (signal.set_wakeup_fd), which wakes a loop blocked waiting; the Python-level handler
+        then queues the callback, in the context current when the handler was added.
+        """
+        if (_coroutines.iscoroutine(callback) or
+                _coroutines.iscoroutinefunction(callback)):
+            raise TypeError("coroutines cannot be used "
+                            "with add_signal_handler()")
+        self._check_signal(sig)
+        self._check_closed()
+        try:
+            # set_wakeup_fd() raises ValueError if this is not the main thread: calling it first
+            # keeps a loop running in another thread from adding a signal handler.
+            signal.set_wakeup_fd(self._signal_wakeup_fd())
+        except (ValueError, OSError) as exc:
+            raise RuntimeError(str(exc))
+
+        handle = _events.Handle(callback, args, self, None)
+        self._signal_handlers[sig] = handle
+
+        try:
+            signal.signal(sig, self._on_signal)
+            # Set SA_RESTART to limit EINTR occurrences.
+            signal.siginterrupt(sig, False)
+        except OSError as exc:
+            del self._signal_handlers[sig]
+            if not self._signal_handlers:
+                try:
+                    signal.set_wakeup_fd(-1)
+                except (ValueError, OSError) as nexc:
+                    _be.logger.info('set_wakeup_fd(-1) failed: %s', nexc)
+
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f'sig {sig:d} cannot be caught')
+            else:
+                raise
+
+    def _on_signal(self, sig, frame):
+        # The Python-level handler (main thread): asyncio's _handle_signal.
+        handle = self._signal_handlers.get(sig)
+        if handle is None or self.is_closed():
+            return
+        if handle._cancelled:
+            self.remove_signal_handler(sig)
+        else:
+            self.call_soon_threadsafe(handle._callback, *handle._args, context=handle._context)
 
     def __del__(self, _warn=warnings.warn):
         if not self.is_closed():
@@ -144,4 +214,7 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
 
 for _name in _BORROWED:
     setattr(Loop, _name, getattr(_Base, _name))
+# From asyncio's Unix loop: argument checks and removal are pure signal-module logic.
+for _name in ('_check_signal', 'remove_signal_handler'):
+    setattr(Loop, _name, getattr(_unix_events._UnixSelectorEventLoop, _name))
 del _name

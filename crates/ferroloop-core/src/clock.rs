@@ -51,7 +51,9 @@ pub struct ManualClock {
 
 impl ManualClock {
     pub fn new(start: f64) -> Self {
-        Self { now: Cell::new(start) }
+        Self {
+            now: Cell::new(start),
+        }
     }
     pub fn advance(&self, seconds: f64) {
         self.now.set(self.now.get() + seconds);

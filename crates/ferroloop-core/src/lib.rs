@@ -3,11 +3,12 @@
 //! Table of contents:
 //! - [`clock`]   — the monotonic clock (same clock as `time.monotonic()`), and a manual clock for tests.
 //! - [`timers`]  — the timer queue: a heap keyed by (deadline, sequence); never fires early;
-//!                 cancelled entries cost a flag until purged.
+//!   cancelled entries cost a flag until purged.
 //! - [`ready`]   — the ready queue: FIFO with asyncio's "run only what was queued before this
-//!                 iteration started" batch rule.
+//!   iteration started" batch rule.
 //! - [`poller`]  — level-triggered readiness polling (epoll on Linux, see [`sys`]).
 //! - [`waker`]   — cross-thread wake-up of a loop blocked in the poller, coalescing wake-ups.
+//! - [`signals`] — the pipe CPython's signal handler writes to, waking a loop blocked in the poller.
 //! - [`timeout`] — converting a timer deadline into a poll timeout that is rounded up, never down.
 //! - [`sys`]     — the OS-specific pieces, one small file per OS facility.
 //!
@@ -17,6 +18,7 @@
 pub mod clock;
 pub mod poller;
 pub mod ready;
+pub mod signals;
 pub mod sys;
 pub mod timeout;
 pub mod timers;

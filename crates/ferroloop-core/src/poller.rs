@@ -13,9 +13,18 @@ pub struct Interest {
 }
 
 impl Interest {
-    pub const READ: Interest = Interest { readable: true, writable: false };
-    pub const WRITE: Interest = Interest { readable: false, writable: true };
-    pub const BOTH: Interest = Interest { readable: true, writable: true };
+    pub const READ: Interest = Interest {
+        readable: true,
+        writable: false,
+    };
+    pub const WRITE: Interest = Interest {
+        readable: false,
+        writable: true,
+    };
+    pub const BOTH: Interest = Interest {
+        readable: true,
+        writable: true,
+    };
 
     pub fn is_empty(self) -> bool {
         !self.readable && !self.writable
@@ -33,9 +42,9 @@ pub struct Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
-    use std::io::{Read, Write};
 
     #[test]
     fn level_triggered_reports_until_drained() {
@@ -48,7 +57,14 @@ mod tests {
         a.write_all(b"hello").unwrap();
         for _ in 0..3 {
             sel.select(&mut ev, 100).unwrap();
-            assert_eq!(ev, vec![Event { token: 7, readable: true, writable: false }]);
+            assert_eq!(
+                ev,
+                vec![Event {
+                    token: 7,
+                    readable: true,
+                    writable: false
+                }]
+            );
         }
         let mut buf = [0u8; 2];
         b.read_exact(&mut buf).unwrap(); // partial read: still readable
@@ -68,7 +84,14 @@ mod tests {
         sel.reregister(a.as_raw_fd(), 1, Interest::WRITE).unwrap();
         let mut ev = vec![];
         sel.select(&mut ev, 100).unwrap();
-        assert_eq!(ev, vec![Event { token: 1, readable: false, writable: true }]);
+        assert_eq!(
+            ev,
+            vec![Event {
+                token: 1,
+                readable: false,
+                writable: true
+            }]
+        );
         sel.deregister(a.as_raw_fd()).unwrap();
         sel.select(&mut ev, 0).unwrap();
         assert!(ev.is_empty());

@@ -19,7 +19,9 @@ impl<T> Default for ReadyQueue<T> {
 
 impl<T> ReadyQueue<T> {
     pub fn new() -> Self {
-        Self { q: VecDeque::with_capacity(64) }
+        Self {
+            q: VecDeque::with_capacity(64),
+        }
     }
     #[inline]
     pub fn push(&mut self, item: T) {

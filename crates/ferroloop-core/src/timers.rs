@@ -30,7 +30,9 @@ impl<T> Entry<T> {
     #[inline]
     fn key_cmp(&self, other: &Self) -> Ordering {
         // total_cmp: a NaN deadline sorts after +inf instead of breaking the heap.
-        self.deadline.total_cmp(&other.deadline).then(self.seq.cmp(&other.seq))
+        self.deadline
+            .total_cmp(&other.deadline)
+            .then(self.seq.cmp(&other.seq))
     }
 }
 
@@ -67,7 +69,11 @@ impl<T> Default for TimerQueue<T> {
 
 impl<T> TimerQueue<T> {
     pub fn new() -> Self {
-        Self { heap: BinaryHeap::new(), next_seq: 0, cancelled: 0 }
+        Self {
+            heap: BinaryHeap::new(),
+            next_seq: 0,
+            cancelled: 0,
+        }
     }
 
     /// Entries in the heap, cancelled ones included.
@@ -88,7 +94,11 @@ impl<T> TimerQueue<T> {
     pub fn push(&mut self, deadline: f64, item: T) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.heap.push(Entry { deadline, seq, item });
+        self.heap.push(Entry {
+            deadline,
+            seq,
+            item,
+        });
     }
 
     /// The owner cancelled an entry still in the heap.
@@ -138,9 +148,18 @@ impl<T> TimerQueue<T> {
     /// Move every entry due at `now` (deadline <= now) to `out`, earliest first.
     /// Cancelled entries are moved too (the ready queue skips them, as asyncio does), and the
     /// cancelled counter is adjusted by the caller's predicate.
-    pub fn drain_due(&mut self, now: f64, is_cancelled: impl Fn(&T) -> bool, mut out: impl FnMut(T)) {
+    pub fn drain_due(
+        &mut self,
+        now: f64,
+        is_cancelled: impl Fn(&T) -> bool,
+        mut out: impl FnMut(T),
+    ) {
         while let Some(top) = self.heap.peek() {
-            if !(top.deadline <= now) {
+            // Due means deadline <= now; a NaN deadline compares as None and is never due.
+            if !matches!(
+                top.deadline.partial_cmp(&now),
+                Some(Ordering::Less | Ordering::Equal)
+            ) {
                 break;
             }
             if let Some(e) = self.heap.pop() {
@@ -160,7 +179,11 @@ impl<T> TimerQueue<T> {
     /// Remove everything (loop close).
     pub fn clear(&mut self) -> Vec<T> {
         self.cancelled = 0;
-        std::mem::take(&mut self.heap).into_vec().into_iter().map(|e| e.item).collect()
+        std::mem::take(&mut self.heap)
+            .into_vec()
+            .into_iter()
+            .map(|e| e.item)
+            .collect()
     }
 }
 
@@ -175,7 +198,10 @@ mod tests {
         cancelled: Cell<bool>,
     }
     fn t(id: u32) -> T {
-        T { id, cancelled: Cell::new(false) }
+        T {
+            id,
+            cancelled: Cell::new(false),
+        }
     }
     fn due(q: &mut TimerQueue<T>, now: f64) -> Vec<u32> {
         let mut v = vec![];
@@ -210,7 +236,10 @@ mod tests {
         q.push(100.5, t(2));
         assert!(due(&mut q, clock.now()).is_empty());
         clock.advance(0.25 - 1e-9);
-        assert!(due(&mut q, clock.now()).is_empty(), "fired before its deadline");
+        assert!(
+            due(&mut q, clock.now()).is_empty(),
+            "fired before its deadline"
+        );
         clock.set(100.25);
         assert_eq!(due(&mut q, clock.now()), vec![1]);
         clock.set(100.49999);
@@ -267,7 +296,10 @@ mod tests {
         assert_eq!(out.len(), 900);
         assert_eq!(q.len(), 100);
         assert_eq!(q.cancelled_count(), 0);
-        assert_eq!(due(&mut q, 1e9), (0..100).map(|i| i * 10).collect::<Vec<_>>());
+        assert_eq!(
+            due(&mut q, 1e9),
+            (0..100).map(|i| i * 10).collect::<Vec<_>>()
+        );
     }
 
     #[test]

@@ -27,7 +27,11 @@ pub struct Waker {
 
 impl Waker {
     pub fn new() -> io::Result<Self> {
-        Ok(Self { fd: WakeFd::new()?, polling: AtomicBool::new(false), pending: AtomicBool::new(false) })
+        Ok(Self {
+            fd: WakeFd::new()?,
+            polling: AtomicBool::new(false),
+            pending: AtomicBool::new(false),
+        })
     }
 
     /// Called by any thread after it queued work for the loop.
@@ -91,7 +95,10 @@ mod tests {
         let mut ev = vec![];
         sel.select(&mut ev, 10_000).unwrap();
         let waited = start.elapsed();
-        assert!(waited < Duration::from_secs(5), "wake-up lost: waited {waited:?}");
+        assert!(
+            waited < Duration::from_secs(5),
+            "wake-up lost: waited {waited:?}"
+        );
         assert_eq!(ev.len(), 1);
         assert_eq!(ev[0].token, TOKEN);
         w.after_poll(true);

@@ -30,7 +30,9 @@ impl<T> GilCell<T> {
     pub fn with<R>(&self, _py: Python<'_>, f: impl FnOnce(&mut T) -> R) -> PyResult<R> {
         match self.0.try_borrow_mut() {
             Ok(mut guard) => Ok(f(&mut guard)),
-            Err(_) => Err(PyRuntimeError::new_err("ferroloop: re-entrant access to event loop state")),
+            Err(_) => Err(PyRuntimeError::new_err(
+                "ferroloop: re-entrant access to event loop state",
+            )),
         }
     }
 

@@ -36,7 +36,13 @@ pub(crate) struct HandleData {
     repr: Option<PyObject>,
 }
 
-#[pyclass(frozen, subclass, weakref, freelist = 256, module = "ferroloop._ferroloop")]
+#[pyclass(
+    frozen,
+    subclass,
+    weakref,
+    freelist = 256,
+    module = "ferroloop._ferroloop"
+)]
 pub struct Handle {
     data: GilCell<HandleData>,
     context: PyObject,
@@ -79,7 +85,11 @@ impl Handle {
             None
         };
         Ok(Handle {
-            data: GilCell::new(HandleData { callback: Some(callback), args: Some(args), repr: None }),
+            data: GilCell::new(HandleData {
+                callback: Some(callback),
+                args: Some(args),
+                repr: None,
+            }),
             context,
             loop_: loop_.clone().unbind(),
             source_traceback,
@@ -97,7 +107,10 @@ impl Handle {
         context: Option<PyObject>,
         loop_: &Bound<'_, LoopCore>,
     ) -> PyResult<Py<Handle>> {
-        Py::new(py, Self::build(py, callback, args, context, loop_, f64::NAN, false)?)
+        Py::new(
+            py,
+            Self::build(py, callback, args, context, loop_, f64::NAN, false)?,
+        )
     }
 
     pub(crate) fn new_timer(
@@ -156,10 +169,14 @@ impl Handle {
             // The callback is still set: release() comes after the exception handler, so the
             // handle's repr in the handler's context names the callback.
             let err = PyErr::fetch(py);
-            if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) {
+            if err.is_instance_of::<PySystemExit>(py)
+                || err.is_instance_of::<PyKeyboardInterrupt>(py)
+            {
                 return Err(err);
             }
-            helpers::get(py)?.callback_failed.call1(py, (slf, err.into_value(py)))?;
+            helpers::get(py)?
+                .callback_failed
+                .call1(py, (slf, err.into_value(py)))?;
         }
         Ok(())
     }
@@ -191,7 +208,11 @@ impl Handle {
         if h.is_timer && h.scheduled.load(Relaxed) {
             h.loop_.get().timer_cancelled(py)?;
         }
-        let repr = if h.loop_debug() { Some(slf.repr()?.into_any().unbind()) } else { None };
+        let repr = if h.loop_debug() {
+            Some(slf.repr()?.into_any().unbind())
+        } else {
+            None
+        };
         let dropped = h.data.with(py, |d| {
             if repr.is_some() {
                 d.repr = repr;
@@ -218,7 +239,11 @@ impl Handle {
 
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
         let py = slf.py();
-        if let Some(r) = slf.get().data.with(py, |d| d.repr.as_ref().map(|r| r.clone_ref(py)))? {
+        if let Some(r) = slf
+            .get()
+            .data
+            .with(py, |d| d.repr.as_ref().map(|r| r.clone_ref(py)))?
+        {
             return Ok(r);
         }
         helpers::get(py)?.handle_repr.call1(py, (slf,))
@@ -226,12 +251,14 @@ impl Handle {
 
     #[getter]
     fn _callback(&self, py: Python<'_>) -> PyResult<Option<PyObject>> {
-        self.data.with(py, |d| d.callback.as_ref().map(|c| c.clone_ref(py)))
+        self.data
+            .with(py, |d| d.callback.as_ref().map(|c| c.clone_ref(py)))
     }
 
     #[getter]
     fn _args(&self, py: Python<'_>) -> PyResult<Option<Py<PyTuple>>> {
-        self.data.with(py, |d| d.args.as_ref().map(|a| a.clone_ref(py)))
+        self.data
+            .with(py, |d| d.args.as_ref().map(|a| a.clone_ref(py)))
     }
 
     #[getter]
@@ -256,7 +283,8 @@ impl Handle {
 
     #[getter]
     fn _repr(&self, py: Python<'_>) -> PyResult<Option<PyObject>> {
-        self.data.with(py, |d| d.repr.as_ref().map(|r| r.clone_ref(py)))
+        self.data
+            .with(py, |d| d.repr.as_ref().map(|r| r.clone_ref(py)))
     }
 
     #[getter]
@@ -288,7 +316,11 @@ impl TimerHandle {
 
     /// asyncio.TimerHandle's comparisons: order by `when`; equality also compares callback,
     /// arguments and cancelled state.
-    fn __richcmp__(slf: PyRef<'_, Self>, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<PyObject> {
+    fn __richcmp__(
+        slf: PyRef<'_, Self>,
+        other: &Bound<'_, PyAny>,
+        op: CompareOp,
+    ) -> PyResult<PyObject> {
         let py = slf.py();
         let Ok(other) = other.downcast::<TimerHandle>() else {
             return Ok(py.NotImplemented());

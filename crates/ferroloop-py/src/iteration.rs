@@ -20,7 +20,7 @@ use pyo3::prelude::*;
 
 use crate::handle::Handle;
 use crate::helpers;
-use crate::loop_core::{LoopCore, WAKER_TOKEN};
+use crate::loop_core::{LoopCore, SIGNAL_TOKEN, WAKER_TOKEN};
 
 fn is_cancelled(h: &Py<Handle>) -> bool {
     h.get().is_cancelled()
@@ -77,12 +77,18 @@ pub(crate) fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
     let ntodo = this.ready.with(py, |r| r.batch())?;
     let debug = this.debug();
     for _ in 0..ntodo {
-        let Some(handle) = this.ready.with(py, |r| r.pop())? else { break };
+        let Some(handle) = this.ready.with(py, |r| r.pop())? else {
+            break;
+        };
         let handle = handle.into_bound(py); // dropped as Bound: a direct decref
         if handle.get().is_cancelled() {
             continue;
         }
-        let result = if debug { run_debug(slf, &handle) } else { Handle::run(&handle) };
+        let result = if debug {
+            run_debug(slf, &handle)
+        } else {
+            Handle::run(&handle)
+        };
         handle.get().release(py)?;
         result?;
     }
@@ -128,17 +134,30 @@ fn poll(slf: &Bound<'_, LoopCore>, mut wait: Wait) -> PyResult<()> {
     let selector = &this.selector;
     let result = py.allow_threads(|| selector.select(&mut events, timeout));
     let mut woken = false;
+    let mut signalled = false;
     for ev in &events {
-        if ev.token == WAKER_TOKEN {
-            woken = true;
+        match ev.token {
+            WAKER_TOKEN => woken = true,
+            SIGNAL_TOKEN => signalled = true,
+            _ => {} // I/O dispatch for readers/writers goes here.
         }
-        // I/O dispatch for readers/writers goes here.
     }
     this.waker.after_poll(woken);
     this.events.with(py, |e| *e = events)?;
+    if signalled {
+        if let Some(s) = this.signal_wakeup.get() {
+            s.drain();
+        }
+    }
     match result {
+        // Python's signal handlers (Ctrl-C, add_signal_handler callbacks) run here, in the
+        // loop's thread, when a signal interrupted the wait or reached the wake-up pipe.
+        Ok(()) if signalled => py.check_signals(),
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => py.check_signals(),
-        Err(e) => Err(PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string()))),
+        Err(e) => Err(PyOSError::new_err((
+            e.raw_os_error().unwrap_or(0),
+            e.to_string(),
+        ))),
     }
 }

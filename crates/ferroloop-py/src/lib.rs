@@ -3,12 +3,12 @@
 //! Table of contents:
 //! - [`gil`]       — `GilCell`, interior mutability for state that is only touched under the GIL.
 //! - [`handle`]    — `Handle` / `TimerHandle`: asyncio's handle interface, and running a callback
-//!                   inside its `contextvars.Context`.
+//!   inside its `contextvars.Context`.
 //! - [`loop_core`] — `LoopCore`, the Rust base class of `ferroloop.Loop`: scheduling methods,
-//!                   flags, and the entry points of the run loop.
+//!   flags, and the entry points of the run loop.
 //! - [`iteration`] — one loop iteration (`_run_once`): timers, polling, running the ready batch.
 //! - [`helpers`]   — the Python helpers (in `ferroloop._handles`) used on slow paths, so error
-//!                   messages and reprs are asyncio's own.
+//!   messages and reprs are asyncio's own.
 //!
 //! The module is built for GIL-enabled CPython only (it does not declare free-threading
 //! support); `GilCell` relies on that.
@@ -24,7 +24,14 @@ mod loop_core;
 #[pymodule]
 fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    m.add("BUILD_PROFILE", if cfg!(debug_assertions) { "debug" } else { "release" })?;
+    m.add(
+        "BUILD_PROFILE",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+    )?;
     m.add_class::<handle::Handle>()?;
     m.add_class::<handle::TimerHandle>()?;
     m.add_class::<loop_core::LoopCore>()?;

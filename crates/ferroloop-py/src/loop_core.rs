@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use ferroloop_core::clock::{Clock, MonotonicClock};
 use ferroloop_core::poller::{Event, Interest, Selector};
 use ferroloop_core::ready::ReadyQueue;
+use ferroloop_core::signals::SignalWakeup;
 use ferroloop_core::timers::TimerQueue;
 use ferroloop_core::waker::Waker;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError};
@@ -25,6 +26,8 @@ use crate::iteration;
 
 /// Poller token of the waker's eventfd.
 pub(crate) const WAKER_TOKEN: u64 = u64::MAX;
+/// Poller token of the signal wake-up pipe.
+pub(crate) const SIGNAL_TOKEN: u64 = u64::MAX - 1;
 
 #[pyclass(frozen, subclass, module = "ferroloop._ferroloop")]
 pub struct LoopCore {
@@ -33,6 +36,9 @@ pub struct LoopCore {
     pub(crate) events: GilCell<Vec<Event>>,
     pub(crate) selector: Selector,
     pub(crate) waker: Waker,
+    /// Created by the first add_signal_handler(); not counted in `io_registrations`, because a
+    /// loop that is not going to block runs Python code, and Python runs signal handlers itself.
+    pub(crate) signal_wakeup: std::sync::OnceLock<SignalWakeup>,
     /// fds registered in the poller besides the waker (none until readers/writers exist).
     pub(crate) io_registrations: std::sync::atomic::AtomicUsize,
     closed: AtomicBool,
@@ -73,7 +79,12 @@ impl LoopCore {
         self.timers.with(py, |t| t.note_cancelled())
     }
 
-    fn debug_checks(slf: &Bound<'_, Self>, callback: &PyObject, method: &str, check_thread: bool) -> PyResult<()> {
+    fn debug_checks(
+        slf: &Bound<'_, Self>,
+        callback: &PyObject,
+        method: &str,
+        check_thread: bool,
+    ) -> PyResult<()> {
         if check_thread {
             slf.call_method0("_check_thread")?;
         }
@@ -121,13 +132,16 @@ impl LoopCore {
     fn new() -> PyResult<Self> {
         let selector = Selector::new().map_err(os_err)?;
         let waker = Waker::new().map_err(os_err)?;
-        selector.register(waker.as_raw_fd(), WAKER_TOKEN, Interest::READ).map_err(os_err)?;
+        selector
+            .register(waker.as_raw_fd(), WAKER_TOKEN, Interest::READ)
+            .map_err(os_err)?;
         Ok(LoopCore {
             ready: GilCell::new(ReadyQueue::new()),
             timers: GilCell::new(TimerQueue::new()),
             events: GilCell::new(Vec::with_capacity(64)),
             selector,
             waker,
+            signal_wakeup: std::sync::OnceLock::new(),
             io_registrations: std::sync::atomic::AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
@@ -238,13 +252,33 @@ impl LoopCore {
         iteration::run_once(slf)
     }
 
+    /// The write end of the signal wake-up pipe, for `signal.set_wakeup_fd()` (created on first
+    /// use and registered in the poller).
+    fn _signal_wakeup_fd(&self) -> PyResult<i32> {
+        if let Some(s) = self.signal_wakeup.get() {
+            return Ok(s.write_fd());
+        }
+        let s = SignalWakeup::new().map_err(os_err)?;
+        self.selector
+            .register(s.read_fd(), SIGNAL_TOKEN, Interest::READ)
+            .map_err(os_err)?;
+        let fd = s.write_fd();
+        // Only the loop's own thread (holding the GIL) gets here, so the cell is still empty.
+        let _ = self.signal_wakeup.set(s);
+        Ok(fd)
+    }
+
     /// Make the loop's current or next poll return (asyncio's self-pipe write).
     fn _write_to_self(&self) {
         self.waker.wake_always();
     }
 
     /// asyncio's `_timer_handle_cancelled` (TimerHandle.cancel does this itself).
-    fn _timer_handle_cancelled(&self, py: Python<'_>, handle: &Bound<'_, TimerHandle>) -> PyResult<()> {
+    fn _timer_handle_cancelled(
+        &self,
+        py: Python<'_>,
+        handle: &Bound<'_, TimerHandle>,
+    ) -> PyResult<()> {
         if handle.as_super().get().scheduled.load(Relaxed) {
             self.timer_cancelled(py)?;
         }

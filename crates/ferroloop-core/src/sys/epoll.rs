@@ -33,7 +33,9 @@ impl Selector {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: fresh descriptor owned by nobody else.
-        Ok(Self { ep: unsafe { OwnedFd::from_raw_fd(fd) } })
+        Ok(Self {
+            ep: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
     }
 
     fn ctl(&self, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
@@ -66,7 +68,14 @@ impl Selector {
         let mut raw: [libc::epoll_event; MAX] = [libc::epoll_event { events: 0, u64: 0 }; MAX];
         events.clear();
         // SAFETY: `raw` holds MAX writable epoll_event slots and we pass MAX as its length.
-        let n = unsafe { libc::epoll_wait(self.ep.as_raw_fd(), raw.as_mut_ptr(), MAX as i32, timeout_ms) };
+        let n = unsafe {
+            libc::epoll_wait(
+                self.ep.as_raw_fd(),
+                raw.as_mut_ptr(),
+                MAX as i32,
+                timeout_ms,
+            )
+        };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }

@@ -16,7 +16,9 @@ impl EventFd {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` is a freshly created descriptor that nothing else owns.
-        Ok(Self { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+        Ok(Self {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
     }
 
     /// Add one to the counter (makes the fd readable). Never blocks: a full counter
@@ -24,14 +26,26 @@ impl EventFd {
     pub fn notify(&self) {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a valid u64 to a descriptor we own.
-        unsafe { libc::write(self.fd.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+        unsafe {
+            libc::write(
+                self.fd.as_raw_fd(),
+                &one as *const u64 as *const libc::c_void,
+                8,
+            )
+        };
     }
 
     /// Reset the counter (makes the fd unreadable). Returns whether it was set.
     pub fn drain(&self) -> bool {
         let mut buf: u64 = 0;
         // SAFETY: reads at most 8 bytes into a valid u64 from a descriptor we own.
-        let n = unsafe { libc::read(self.fd.as_raw_fd(), &mut buf as *mut u64 as *mut libc::c_void, 8) };
+        let n = unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                &mut buf as *mut u64 as *mut libc::c_void,
+                8,
+            )
+        };
         n == 8
     }
 }

@@ -4,6 +4,7 @@
 //! - `clock`   — `CLOCK_MONOTONIC` in nanoseconds.
 //! - `epoll`   — the level-triggered selector (Linux).
 //! - `eventfd` — the wake-up primitive (Linux).
+//! - `pipe`    — non-blocking pipes (signal wake-up).
 
 #[cfg(unix)]
 pub mod clock;
@@ -12,6 +13,8 @@ pub mod clock;
 pub mod epoll;
 #[cfg(target_os = "linux")]
 pub mod eventfd;
+#[cfg(unix)]
+pub mod pipe;
 
 #[cfg(target_os = "linux")]
 pub use epoll::Selector;

@@ -1,0 +1,42 @@
+//! pipe2(2): a non-blocking, close-on-exec pipe.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+pub struct Pipe {
+    pub read: OwnedFd,
+    pub write: OwnedFd,
+}
+
+impl Pipe {
+    pub fn new_nonblocking() -> io::Result<Self> {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes; the result is checked.
+        let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: both descriptors were just created and are owned by nobody else.
+        unsafe {
+            Ok(Self {
+                read: OwnedFd::from_raw_fd(fds[0]),
+                write: OwnedFd::from_raw_fd(fds[1]),
+            })
+        }
+    }
+}
+
+/// Read and discard everything buffered in a non-blocking fd. Returns the byte count.
+pub fn drain(fd: &impl AsRawFd) -> usize {
+    let mut buf = [0u8; 256];
+    let mut total = 0;
+    loop {
+        // SAFETY: reads at most buf.len() bytes into a valid buffer from a descriptor we own.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            // 0: closed; -1: EAGAIN (drained) or another error — nothing more to read either way.
+            return total;
+        }
+        total += n as usize;
+    }
+}
