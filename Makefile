@@ -33,6 +33,9 @@ help: ## show this list
 	.venv/$*/bin/python -c "import ferroloop, sys; print('built', ferroloop.__version__, ferroloop.BUILD_PROFILE, 'for', sys.version.split()[0])"
 	touch $@
 
+# The stamps are real files: keep them between runs (pattern-rule targets would be deleted as intermediates).
+.PRECIOUS: .venv/%/.ready .venv/%/.built
+
 .PHONY: venv build
 venv: .venv/$(V)/.ready ## create .venv/$(V) with the build and test tools (V=3.11 by default)
 build: .venv/$(V)/.built ## build the extension (release) into .venv/$(V)

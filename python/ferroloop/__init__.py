@@ -28,6 +28,11 @@ def run(main, *, debug=None, loop_factory=new_event_loop):
     """Run a coroutine on a new ferroloop loop and return its result (see asyncio.run)."""
     if _sys.version_info >= (3, 12):
         return _asyncio.run(main, debug=debug, loop_factory=loop_factory)
+    # asyncio.run() of 3.11, with the loop factory its Runner already accepts.
+    if _asyncio.events._get_running_loop() is not None:
+        # fail fast with short traceback
+        raise RuntimeError(
+            "asyncio.run() cannot be called from a running event loop")
     with _asyncio.Runner(debug=debug, loop_factory=loop_factory) as runner:
         return runner.run(main)
 

@@ -59,6 +59,20 @@ pub struct Handle {
 #[pyclass(frozen, extends = Handle, module = "ferroloop._ferroloop")]
 pub struct TimerHandle;
 
+/// `callback(*args)`. Task steps (no argument) and future callbacks (one argument) are nearly
+/// every call: they go straight to vectorcall instead of unpacking the tuple.
+///
+/// # Safety
+/// GIL held; `callback` and `args` (a tuple) are valid references for the duration of the call.
+#[inline]
+unsafe fn call(callback: *mut ffi::PyObject, args: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    match ffi::PyTuple_GET_SIZE(args) {
+        0 => ffi::PyObject_CallNoArgs(callback),
+        1 => ffi::PyObject_CallOneArg(callback, ffi::PyTuple_GET_ITEM(args, 0)),
+        _ => ffi::PyObject_Call(callback, args, ptr::null_mut()),
+    }
+}
+
 /// `contextvars.copy_context()`.
 fn copy_context(py: Python<'_>) -> PyResult<PyObject> {
     // SAFETY: called with the GIL held; returns a new reference or NULL with an exception set.
@@ -133,28 +147,43 @@ impl Handle {
     /// Run the callback in its context; asyncio's `Handle._run`.
     /// Returns `Err` only for SystemExit and KeyboardInterrupt, which must stop the loop; any
     /// other exception goes to the loop's exception handler.
+    ///
+    /// With `keep == false` the callback and arguments are moved out of the handle for the call
+    /// and released afterwards (the normal path: no extra reference counting, see the module docs
+    /// on releasing). With `keep == true` they stay, for debug mode's slow-callback warning, which
+    /// formats the handle after the call; the caller then releases.
     #[inline]
-    pub(crate) fn run(slf: &Bound<'_, Handle>) -> PyResult<()> {
+    pub(crate) fn run(slf: &Bound<'_, Handle>, keep: bool) -> PyResult<()> {
         let py = slf.py();
         let h = slf.get();
-        // Bound (not Py) clones: dropping a Bound decrefs directly, without PyO3's
-        // "is the GIL held?" check that dropping a Py performs.
-        let Some((callback, args)) = h.data.with(py, |d| match (&d.callback, &d.args) {
-            (Some(c), Some(a)) => Some((c.bind(py).clone(), a.bind(py).clone())),
-            _ => None,
-        })?
-        else {
+        // Bound (not Py): dropping a Bound decrefs directly, without the "is the GIL held?" check
+        // that dropping a Py performs.
+        let taken = h.data.with(py, |d| {
+            if keep {
+                match (&d.callback, &d.args) {
+                    (Some(c), Some(a)) => Some((c.clone_ref(py), a.clone_ref(py))),
+                    _ => None,
+                }
+            } else {
+                match (d.callback.take(), d.args.take()) {
+                    (Some(c), Some(a)) => Some((c, a)),
+                    _ => None,
+                }
+            }
+        })?;
+        let Some((callback, args)) = taken else {
             return Ok(()); // cancelled before it ran
         };
+        let (callback, args) = (callback.into_bound(py), args.into_bound(py));
         let ctx = h.context.as_ptr();
-        // SAFETY: GIL held; `ctx`, `callback` and `args` are live references we own or borrow for
-        // the duration of the call. Enter/Exit are balanced on every path; a NULL result means a
+        // SAFETY: GIL held; `ctx`, `callback` and `args` are live references we own for the
+        // duration of the call. Enter/Exit are balanced on every path; a NULL result means a
         // Python exception is set, which PyErr::fetch takes.
         let failed = unsafe {
             if ffi::PyContext_Enter(ctx) != 0 {
                 true
             } else {
-                let res = ffi::PyObject_Call(callback.as_ptr(), args.as_ptr(), ptr::null_mut());
+                let res = call(callback.as_ptr(), args.as_ptr());
                 let exit_failed = ffi::PyContext_Exit(ctx) != 0;
                 if res.is_null() {
                     true
@@ -164,21 +193,28 @@ impl Handle {
                 }
             }
         };
-        drop((callback, args));
-        if failed {
-            // The callback is still set: release() comes after the exception handler, so the
-            // handle's repr in the handler's context names the callback.
-            let err = PyErr::fetch(py);
-            if err.is_instance_of::<PySystemExit>(py)
-                || err.is_instance_of::<PyKeyboardInterrupt>(py)
-            {
-                return Err(err);
-            }
-            helpers::get(py)?
-                .callback_failed
-                .call1(py, (slf, err.into_value(py)))?;
+        if !failed {
+            return Ok(());
         }
-        Ok(())
+        let err = PyErr::fetch(py);
+        if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) {
+            return Err(err);
+        }
+        if !keep {
+            // Put them back while the exception handler runs: the "Exception in callback ..."
+            // message and the handle's repr in its context name the callback.
+            h.data.with(py, |d| {
+                d.callback = Some(callback.unbind());
+                d.args = Some(args.unbind());
+            })?;
+        }
+        let result = helpers::get(py)?
+            .callback_failed
+            .call1(py, (slf, err.into_value(py)));
+        if !keep {
+            h.release(py)?;
+        }
+        result.map(drop)
     }
 
     /// Drop the callback and its arguments once the handle has run (see the module docs).
@@ -232,9 +268,7 @@ impl Handle {
     }
 
     fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let result = Handle::run(slf);
-        slf.get().release(slf.py())?;
-        result
+        Handle::run(slf, false)
     }
 
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<PyObject> {

@@ -84,13 +84,13 @@ pub(crate) fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
         if handle.get().is_cancelled() {
             continue;
         }
-        let result = if debug {
-            run_debug(slf, &handle)
+        if debug {
+            let result = run_debug(slf, &handle);
+            handle.get().release(py)?;
+            result?;
         } else {
-            Handle::run(&handle)
-        };
-        handle.get().release(py)?;
-        result?;
+            Handle::run(&handle, false)?;
+        }
     }
     Ok(())
 }
@@ -102,7 +102,7 @@ fn run_debug(slf: &Bound<'_, LoopCore>, handle: &Bound<'_, Handle>) -> PyResult<
     let this = slf.get();
     slf.setattr("_current_handle", handle)?;
     let t0 = this.now();
-    let result = Handle::run(handle).and_then(|()| {
+    let result = Handle::run(handle, true).and_then(|()| {
         let dt = this.now() - t0;
         if dt >= this.slow_callback_duration() {
             helpers::get(py)?.slow_callback.call1(py, (handle, dt))?;
