@@ -64,6 +64,33 @@ def call_soon(loop, n):
     return n
 
 
+BATCH = 10_000
+
+
+def call_soon_bulk(loop, n):
+    """n call_soon callbacks scheduled BATCH at a time by one callback (a fan-out): unlike the
+    chains above, many handles are pending at once, so the cost of keeping them alive counts."""
+    done = 0
+
+    def cb():
+        nonlocal done
+        done += 1
+
+    def fan_out(remaining):
+        k = min(BATCH, remaining)
+        for _ in range(k):
+            loop.call_soon(cb)
+        if remaining > k:
+            loop.call_soon(fan_out, remaining - k)
+        else:
+            loop.call_soon(loop.stop)
+
+    loop.call_soon(fan_out, n)
+    loop.run_forever()
+    assert done == n, done
+    return n
+
+
 def call_soon_args(loop, n):
     """n call_soon callbacks with three positional arguments (each reschedules itself)."""
     state = {'done': 0, 'scheduled': WIDTH}
@@ -203,6 +230,7 @@ def threadsafe(loop, n):
 # name -> (function, operations at --scale 1.0)
 SCENARIOS = {
     'call_soon': (call_soon, 1_000_000),
+    'call_soon_bulk': (call_soon_bulk, 1_000_000),
     'call_soon_args': (call_soon_args, 1_000_000),
     'call_later': (call_later, 100_000),
     'sleep0': (sleep0, 1_000_000),
