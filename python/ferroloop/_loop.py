@@ -12,6 +12,7 @@ provides ``_closed``, ``_stopping``, ``_debug`` and ``slow_callback_duration`` a
 
 import asyncio
 import errno
+import selectors
 import signal
 import sys
 import threading
@@ -19,6 +20,7 @@ import time
 import warnings
 import weakref
 from asyncio import base_events as _be
+from asyncio import selector_events as _selector_events
 from asyncio import coroutines as _coroutines
 from asyncio import events as _events
 from asyncio import unix_events as _unix_events
@@ -84,7 +86,11 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
         self._asyncgens_shutdown_called = False
         self._executor_shutdown_called = False
         self._old_agen_hooks = None
+        # BaseSelectorEventLoop.__init__ / _UnixSelectorEventLoop.__init__
+        self._selector = _SelectorView(self)
+        self._transports = weakref.WeakValueDictionary()
         self._signal_handlers = {}
+        self._unix_server_sockets = {}  # 3.13's create_unix_server(cleanup_socket=True)
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -212,8 +218,59 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
                 self.close()
 
 
+class _SelectorView:
+    """What asyncio's code reads of `loop._selector` (transport reprs, tests): the readers and
+    writers registered in the Rust poller, as selectors.SelectorKey objects. Read-only."""
+
+    __slots__ = ('_loop',)
+
+    def __init__(self, loop):
+        self._loop = weakref.ref(loop)
+
+    def get_key(self, fileobj):
+        loop = self._loop()
+        fd = selectors._fileobj_to_fd(fileobj)
+        entry = loop._io_key(fd) if loop is not None else None
+        if entry is None:
+            raise KeyError(f"{fileobj!r} is not registered")
+        events, reader, writer = entry
+        return selectors.SelectorKey(fileobj, fd, events, (reader, writer))
+
+    def get_map(self):
+        loop = self._loop()
+        if loop is None:
+            return {}
+        return {fd: self.get_key(fd) for fd in loop._io_fds()}
+
+
+# Networking — sockets, transports, servers, pipes, subprocesses, sendfile, TLS through
+# asyncio.sslproto — is asyncio's selector-loop code (BaseSelectorEventLoop and the Unix loop),
+# running on ferroloop's Rust readiness core: every method of _UnixSelectorEventLoop's classes that
+# Loop does not define itself is set on Loop, except the selector-loop plumbing that the Rust core
+# replaces. See docs/architecture.md.
+_NOT_BORROWED = frozenset({
+    '__init__', '__del__', '__repr__', 'close', 'run_forever',
+    '_make_self_pipe', '_close_self_pipe', '_read_from_self', '_process_self_data',
+    '_write_to_self', '_process_events', '_run_once', '_add_callback', '_add_callback_signalsafe',
+    '_handle_signal', '_call_soon', '_timer_handle_cancelled', 'add_signal_handler',
+})
+
+
+def _borrow_selector_loop(cls):
+    own = set(cls.__dict__) | set(_ferroloop.LoopCore.__dict__)
+    mro = _unix_events._UnixSelectorEventLoop.__mro__
+    # Base classes first, so the most derived definition wins.
+    for base in reversed(mro[:mro.index(asyncio.AbstractEventLoop)]):
+        for name, value in base.__dict__.items():
+            if name in own or name in _NOT_BORROWED or name.startswith('__'):
+                continue
+            if callable(value) or isinstance(value, (staticmethod, classmethod, property)):
+                setattr(cls, name, value)
+
+
 for _name in _BORROWED:
     setattr(Loop, _name, getattr(_Base, _name))
+_borrow_selector_loop(Loop)
 # From asyncio's Unix loop: argument checks and removal are pure signal-module logic.
 for _name in ('_check_signal', 'remove_signal_handler'):
     setattr(Loop, _name, getattr(_unix_events._UnixSelectorEventLoop, _name))

@@ -6,6 +6,7 @@
 //!   cancelled entries cost a flag until purged.
 //! - [`ready`]   — the ready queue: FIFO with asyncio's "run only what was queued before this
 //!   iteration started" batch rule.
+//! - [`io_registry`] — readers and writers by fd, and the poller operation each change needs.
 //! - [`poller`]  — level-triggered readiness polling (epoll on Linux, see [`sys`]).
 //! - [`waker`]   — cross-thread wake-up of a loop blocked in the poller, coalescing wake-ups.
 //! - [`signals`] — the pipe CPython's signal handler writes to, waking a loop blocked in the poller.
@@ -16,6 +17,7 @@
 //! containers and drives them from `Loop._run_once`.
 
 pub mod clock;
+pub mod io_registry;
 pub mod poller;
 pub mod ready;
 pub mod signals;

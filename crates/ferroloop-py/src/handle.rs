@@ -54,6 +54,9 @@ pub struct Handle {
     is_timer: bool,
     /// A TimerHandle still in the loop's timer queue.
     pub(crate) scheduled: AtomicBool,
+    /// A reader/writer handle: queued again each time its fd is ready, so it keeps its callback
+    /// after running.
+    pub(crate) persistent: bool,
 }
 
 #[pyclass(frozen, extends = Handle, module = "ferroloop._ferroloop")]
@@ -111,6 +114,7 @@ impl Handle {
             when,
             is_timer,
             scheduled: AtomicBool::new(is_timer),
+            persistent: false,
         })
     }
 
@@ -125,6 +129,17 @@ impl Handle {
             py,
             Self::build(py, callback, args, context, loop_, f64::NAN, false)?,
         )
+    }
+
+    pub(crate) fn new_io(
+        py: Python<'_>,
+        callback: PyObject,
+        args: Py<PyTuple>,
+        loop_: &Bound<'_, LoopCore>,
+    ) -> PyResult<Py<Handle>> {
+        let mut h = Self::build(py, callback, args, None, loop_, f64::NAN, false)?;
+        h.persistent = true;
+        Py::new(py, h)
     }
 
     pub(crate) fn new_timer(
@@ -217,25 +232,8 @@ impl Handle {
         result.map(drop)
     }
 
-    /// Drop the callback and its arguments once the handle has run (see the module docs).
-    #[inline]
-    pub(crate) fn release(&self, py: Python<'_>) -> PyResult<()> {
-        let dropped = self.data.with(py, |d| (d.callback.take(), d.args.take()))?;
-        if let (Some(c), Some(a)) = dropped {
-            drop((c.into_bound(py), a.into_bound(py))); // direct decref, see run()
-        }
-        Ok(())
-    }
-
-    fn loop_debug(&self) -> bool {
-        self.loop_.get().debug()
-    }
-}
-
-#[pymethods]
-impl Handle {
-    /// Cancel the call. Cancelling twice, or after the call ran, does nothing.
-    fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
+    /// asyncio's `Handle.cancel` (and `TimerHandle.cancel`'s bookkeeping).
+    pub(crate) fn cancel_handle(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let h = slf.get();
         if h.cancelled.swap(true, Relaxed) {
@@ -257,6 +255,28 @@ impl Handle {
         })?;
         drop(dropped); // outside the borrow: destructors may run Python code
         Ok(())
+    }
+
+    /// Drop the callback and its arguments once the handle has run (see the module docs).
+    #[inline]
+    pub(crate) fn release(&self, py: Python<'_>) -> PyResult<()> {
+        let dropped = self.data.with(py, |d| (d.callback.take(), d.args.take()))?;
+        if let (Some(c), Some(a)) = dropped {
+            drop((c.into_bound(py), a.into_bound(py))); // direct decref, see run()
+        }
+        Ok(())
+    }
+
+    fn loop_debug(&self) -> bool {
+        self.loop_.get().debug()
+    }
+}
+
+#[pymethods]
+impl Handle {
+    /// Cancel the call. Cancelling twice, or after the call ran, does nothing.
+    fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Handle::cancel_handle(slf)
     }
 
     fn cancelled(&self) -> bool {

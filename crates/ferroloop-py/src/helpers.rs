@@ -9,6 +9,7 @@ pub struct Helpers {
     pub handle_repr: PyObject,
     pub source_traceback: PyObject,
     pub slow_callback: PyObject,
+    pub fileobj_to_fd: PyObject,
 }
 
 static HELPERS: GILOnceCell<Helpers> = GILOnceCell::new();
@@ -21,6 +22,7 @@ pub fn get(py: Python<'_>) -> PyResult<&'static Helpers> {
             handle_repr: m.getattr("handle_repr")?.unbind(),
             source_traceback: m.getattr("source_traceback")?.unbind(),
             slow_callback: m.getattr("slow_callback")?.unbind(),
+            fileobj_to_fd: py.import("selectors")?.getattr("_fileobj_to_fd")?.unbind(),
         })
     })
 }

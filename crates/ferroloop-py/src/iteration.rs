@@ -20,6 +20,7 @@ use pyo3::prelude::*;
 
 use crate::handle::Handle;
 use crate::helpers;
+use crate::io;
 use crate::loop_core::{LoopCore, SIGNAL_TOKEN, WAKER_TOKEN};
 
 fn is_cancelled(h: &Py<Handle>) -> bool {
@@ -84,12 +85,15 @@ pub(crate) fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
         if handle.get().is_cancelled() {
             continue;
         }
+        let persistent = handle.get().persistent;
         if debug {
             let result = run_debug(slf, &handle);
-            handle.get().release(py)?;
+            if !persistent {
+                handle.get().release(py)?;
+            }
             result?;
         } else {
-            Handle::run(&handle, false)?;
+            Handle::run(&handle, persistent)?;
         }
     }
     Ok(())
@@ -117,7 +121,7 @@ fn run_debug(slf: &Bound<'_, LoopCore>, handle: &Bound<'_, Handle>) -> PyResult<
 fn poll(slf: &Bound<'_, LoopCore>, mut wait: Wait) -> PyResult<()> {
     let py = slf.py();
     let this = slf.get();
-    if wait == Wait::Poll && this.io_registrations.load(Relaxed) == 0 {
+    if wait == Wait::Poll && this.io.with(py, |r| r.is_empty())? {
         // Nothing but the waker is registered and we must not block: a zero-timeout
         // epoll_wait could report nothing useful, so skip the syscall.
         return Ok(());
@@ -135,15 +139,27 @@ fn poll(slf: &Bound<'_, LoopCore>, mut wait: Wait) -> PyResult<()> {
     let result = py.allow_threads(|| selector.select(&mut events, timeout));
     let mut woken = false;
     let mut signalled = false;
+    let mut io_events = 0;
     for ev in &events {
         match ev.token {
             WAKER_TOKEN => woken = true,
             SIGNAL_TOKEN => signalled = true,
-            _ => {} // I/O dispatch for readers/writers goes here.
+            _ => io_events += 1,
         }
     }
     this.waker.after_poll(woken);
+    let dispatched = if io_events > 0 {
+        let fd_events: Vec<_> = events
+            .iter()
+            .filter(|e| e.token < SIGNAL_TOKEN)
+            .copied()
+            .collect();
+        io::dispatch(slf, &fd_events)
+    } else {
+        Ok(())
+    };
     this.events.with(py, |e| *e = events)?;
+    dispatched?;
     if signalled {
         if let Some(s) = this.signal_wakeup.get() {
             s.drain();

@@ -6,6 +6,7 @@
 //!   inside its `contextvars.Context`.
 //! - [`loop_core`] — `LoopCore`, the Rust base class of `ferroloop.Loop`: scheduling methods,
 //!   flags, and the entry points of the run loop.
+//! - [`io`]        — readers and writers (`_add_reader` …) and dispatching poller events.
 //! - [`iteration`] — one loop iteration (`_run_once`): timers, polling, running the ready batch.
 //! - [`helpers`]   — the Python helpers (in `ferroloop._handles`) used on slow paths, so error
 //!   messages and reprs are asyncio's own.
@@ -18,6 +19,7 @@ use pyo3::prelude::*;
 mod gil;
 mod handle;
 mod helpers;
+mod io;
 mod iteration;
 mod loop_core;
 

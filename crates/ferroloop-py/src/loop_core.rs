@@ -6,10 +6,11 @@
 //! as attributes (`_closed`, `_stopping`, `_debug`, `slow_callback_duration`) are properties here,
 //! so the stdlib methods `Loop` reuses read and write the Rust state.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use ferroloop_core::clock::{Clock, MonotonicClock};
+use ferroloop_core::io_registry::{Direction, IoRegistry};
 use ferroloop_core::poller::{Event, Interest, Selector};
 use ferroloop_core::ready::ReadyQueue;
 use ferroloop_core::signals::SignalWakeup;
@@ -22,6 +23,7 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use crate::gil::GilCell;
 use crate::handle::{Handle, TimerHandle};
+use crate::io;
 use crate::iteration;
 
 /// Poller token of the waker's eventfd.
@@ -36,11 +38,11 @@ pub struct LoopCore {
     pub(crate) events: GilCell<Vec<Event>>,
     pub(crate) selector: Selector,
     pub(crate) waker: Waker,
-    /// Created by the first add_signal_handler(); not counted in `io_registrations`, because a
+    /// Created by the first add_signal_handler(); not counted as an I/O registration, because a
     /// loop that is not going to block runs Python code, and Python runs signal handlers itself.
     pub(crate) signal_wakeup: std::sync::OnceLock<SignalWakeup>,
-    /// fds registered in the poller besides the waker (none until readers/writers exist).
-    pub(crate) io_registrations: std::sync::atomic::AtomicUsize,
+    /// Readers and writers by fd (see `io.rs`).
+    pub(crate) io: GilCell<IoRegistry<Py<Handle>>>,
     closed: AtomicBool,
     pub(crate) stopping: AtomicBool,
     debug: AtomicBool,
@@ -67,11 +69,15 @@ impl LoopCore {
     }
 
     #[inline]
-    fn check_closed_(&self) -> PyResult<()> {
+    pub(crate) fn check_closed(&self) -> PyResult<()> {
         if self.closed.load(Relaxed) {
             return Err(PyRuntimeError::new_err("Event loop is closed"));
         }
         Ok(())
+    }
+
+    pub(crate) fn is_closed_(&self) -> bool {
+        self.closed.load(Relaxed)
     }
 
     /// A scheduled TimerHandle was cancelled (asyncio's `_timer_handle_cancelled`).
@@ -101,7 +107,7 @@ impl LoopCore {
     ) -> PyResult<Py<TimerHandle>> {
         let py = slf.py();
         let this = slf.get();
-        this.check_closed_()?;
+        this.check_closed()?;
         if this.debug() {
             Self::debug_checks(slf, &callback, "call_at", true)?;
         }
@@ -142,7 +148,7 @@ impl LoopCore {
             selector,
             waker,
             signal_wakeup: std::sync::OnceLock::new(),
-            io_registrations: std::sync::atomic::AtomicUsize::new(0),
+            io: GilCell::new(IoRegistry::new()),
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             debug: AtomicBool::new(false),
@@ -164,7 +170,7 @@ impl LoopCore {
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let this = slf.get();
-        this.check_closed_()?;
+        this.check_closed()?;
         if this.debug() {
             Self::debug_checks(slf, &callback, "call_soon", true)?;
         }
@@ -183,7 +189,7 @@ impl LoopCore {
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let this = slf.get();
-        this.check_closed_()?;
+        this.check_closed()?;
         if this.debug() {
             Self::debug_checks(slf, &callback, "call_soon_threadsafe", false)?;
         }
@@ -234,7 +240,7 @@ impl LoopCore {
     }
 
     fn _check_closed(&self) -> PyResult<()> {
-        self.check_closed_()
+        self.check_closed()
     }
 
     /// Iterate until stop() (the body of run_forever; set-up and clean-up are in Python).
@@ -268,6 +274,59 @@ impl LoopCore {
         Ok(fd)
     }
 
+    /// asyncio's `BaseSelectorEventLoop._add_reader`: returns the new handle.
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_reader(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: PyObject,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        io::add(slf, fd, callback, args, Direction::Read)
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_writer(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: PyObject,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        io::add(slf, fd, callback, args, Direction::Write)
+    }
+
+    fn _remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        io::remove(slf, fd, Direction::Read)
+    }
+
+    fn _remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        io::remove(slf, fd, Direction::Write)
+    }
+
+    /// `(events, reader, writer)` registered for `fd` (selectors' EVENT_READ=1, EVENT_WRITE=2),
+    /// or None: what `loop._selector.get_key(fd)` reports on the selector loop.
+    fn _io_key(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+    ) -> PyResult<Option<(u8, Option<Py<Handle>>, Option<Py<Handle>>)>> {
+        self.io.with(py, |r| {
+            r.get(fd).map(|e| {
+                let events = u8::from(e.reader.is_some()) | (u8::from(e.writer.is_some()) << 1);
+                (
+                    events,
+                    e.reader.as_ref().map(|h| h.clone_ref(py)),
+                    e.writer.as_ref().map(|h| h.clone_ref(py)),
+                )
+            })
+        })
+    }
+
+    /// Every fd with a reader or a writer.
+    fn _io_fds(&self, py: Python<'_>) -> PyResult<Vec<RawFd>> {
+        self.io.with(py, |r| r.fds().collect())
+    }
+
     /// Make the loop's current or next poll return (asyncio's self-pipe write).
     fn _write_to_self(&self) {
         self.waker.wake_always();
@@ -289,14 +348,18 @@ impl LoopCore {
     fn _close_core(&self, py: Python<'_>) -> PyResult<()> {
         let ready = self.ready.with(py, |r| r.clear())?;
         let timers = self.timers.with(py, |t| t.clear())?;
+        let (fds, io) = self.io.with(py, |r| r.clear())?;
+        for fd in fds {
+            let _ = self.selector.deregister(fd); // may be closed already, as on the selector loop
+        }
         for t in &timers {
             t.get().scheduled.store(false, Relaxed);
         }
         // These will never run: release their callbacks, which may reference the handle.
-        for h in ready.iter().chain(timers.iter()) {
+        for h in ready.iter().chain(timers.iter()).chain(io.iter()) {
             h.get().release(py)?;
         }
-        drop((ready, timers));
+        drop((ready, timers, io));
         Ok(())
     }
 
@@ -357,6 +420,11 @@ impl LoopCore {
         }
         if let Some(t) = self.timers.peek() {
             for h in t.iter() {
+                visit.call(h)?;
+            }
+        }
+        if let Some(r) = self.io.peek() {
+            for h in r.iter() {
                 visit.call(h)?;
             }
         }

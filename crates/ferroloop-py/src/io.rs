@@ -1,0 +1,151 @@
+//! Readers and writers: asyncio's `_add_reader`/`_remove_reader`/`_add_writer`/`_remove_writer`
+//! and the dispatch of poller events to their handles.
+//!
+//! Semantics are the selector loop's: one reader and one writer per fd; adding replaces and
+//! cancels the previous handle; the same handle is queued on every iteration while the fd stays
+//! ready (level-triggered); a cancelled handle found at dispatch time unregisters its direction.
+//! Reader/writer handles are *persistent*: they keep their callback after running.
+
+use std::os::fd::RawFd;
+
+use ferroloop_core::io_registry::{Direction, PollerOp};
+use ferroloop_core::poller::Event;
+use pyo3::exceptions::PyOSError;
+use pyo3::prelude::*;
+use pyo3::types::{PyInt, PyTuple};
+
+use crate::handle::Handle;
+use crate::helpers;
+use crate::loop_core::LoopCore;
+
+fn os_err(e: std::io::Error) -> PyErr {
+    PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string()))
+}
+
+/// `selectors._fileobj_to_fd`: an int, or an object with `fileno()`; same errors.
+pub(crate) fn fd_of(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+    if obj.is_exact_instance_of::<PyInt>() {
+        if let Ok(fd) = obj.extract::<RawFd>() {
+            if fd >= 0 {
+                return Ok(fd);
+            }
+        }
+    }
+    helpers::get(obj.py())?
+        .fileobj_to_fd
+        .call1(obj.py(), (obj,))?
+        .extract(obj.py())
+}
+
+fn apply(loop_: &LoopCore, fd: RawFd, op: PollerOp) -> std::io::Result<()> {
+    match op {
+        PollerOp::Register(i) => match loop_.selector.register(fd, fd as u64, i) {
+            // Still known to the kernel (the fd was dup'ed, or reused before we saw it close).
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                loop_.selector.reregister(fd, fd as u64, i)
+            }
+            r => r,
+        },
+        PollerOp::Modify(i) => loop_.selector.reregister(fd, fd as u64, i),
+        // Like selectors.EpollSelector: the fd may have been closed since it was registered.
+        PollerOp::Deregister => loop_.selector.deregister(fd).or(Ok(())),
+        PollerOp::None => Ok(()),
+    }
+}
+
+/// Register `callback(*args)` for `dir` on `fileobj`; returns the new handle.
+pub(crate) fn add(
+    slf: &Bound<'_, LoopCore>,
+    fileobj: &Bound<'_, PyAny>,
+    callback: PyObject,
+    args: &Bound<'_, PyTuple>,
+    dir: Direction,
+) -> PyResult<Py<Handle>> {
+    let py = slf.py();
+    let this = slf.get();
+    this.check_closed()?;
+    let fd = fd_of(fileobj)?;
+    let handle = Handle::new_io(py, callback, args.clone().unbind(), slf)?;
+    let op = this.io.with(py, |r| r.op_for_set(fd, dir))?;
+    apply(this, fd, op).map_err(os_err)?;
+    let queued = handle.clone_ref(py);
+    let old = this.io.with(py, |r| r.set(fd, dir, queued))?;
+    if let Some(old) = old {
+        Handle::cancel_handle(old.bind(py))?;
+    }
+    Ok(handle)
+}
+
+/// Unregister `dir` on `fileobj`; whether a handle was registered (it is cancelled).
+pub(crate) fn remove(
+    slf: &Bound<'_, LoopCore>,
+    fileobj: &Bound<'_, PyAny>,
+    dir: Direction,
+) -> PyResult<bool> {
+    let this = slf.get();
+    if this.is_closed_() {
+        return Ok(false);
+    }
+    let fd = fd_of(fileobj)?;
+    remove_fd(slf, fd, dir)
+}
+
+fn remove_fd(slf: &Bound<'_, LoopCore>, fd: RawFd, dir: Direction) -> PyResult<bool> {
+    let py = slf.py();
+    let this = slf.get();
+    let (old, op) = this.io.with(py, |r| r.remove(fd, dir))?;
+    let applied = apply(this, fd, op);
+    if applied.is_err() {
+        // selectors: a failed modify unregisters the fd before raising.
+        let forgotten = this.io.with(py, |r| r.forget(fd))?;
+        let _ = this.selector.deregister(fd);
+        drop(forgotten);
+    }
+    let had = match old {
+        Some(h) => {
+            Handle::cancel_handle(h.bind(py))?;
+            true
+        }
+        None => false,
+    };
+    applied.map_err(os_err)?;
+    Ok(had)
+}
+
+/// Queue the handles of the fds the poller reported (asyncio's `_process_events`).
+pub(crate) fn dispatch(slf: &Bound<'_, LoopCore>, events: &[Event]) -> PyResult<()> {
+    let py = slf.py();
+    let this = slf.get();
+    let mut cancelled: Vec<(RawFd, Direction)> = Vec::new();
+    for ev in events {
+        let fd = ev.token as RawFd;
+        let (reader, writer) = this.io.with(py, |r| match r.get(fd) {
+            Some(e) => (
+                if ev.readable {
+                    e.reader.as_ref().map(|h| h.clone_ref(py))
+                } else {
+                    None
+                },
+                if ev.writable {
+                    e.writer.as_ref().map(|h| h.clone_ref(py))
+                } else {
+                    None
+                },
+            ),
+            None => (None, None),
+        })?;
+        for (h, dir) in [(reader, Direction::Read), (writer, Direction::Write)] {
+            let Some(h) = h else { continue };
+            if h.get().is_cancelled() {
+                cancelled.push((fd, dir));
+                drop(h.into_bound(py));
+            } else {
+                this.ready.with(py, |r| r.push(h))?;
+            }
+        }
+    }
+    for (fd, dir) in cancelled {
+        remove_fd(slf, fd, dir)?;
+    }
+    Ok(())
+}
