@@ -26,6 +26,9 @@ use crate::handle::{Handle, TimerHandle};
 use crate::io;
 use crate::iteration;
 
+/// `(events, reader, writer)` of one fd, as `selectors.SelectorKey` has them.
+type IoKey = (u8, Option<Py<Handle>>, Option<Py<Handle>>);
+
 /// Poller token of the waker's eventfd.
 pub(crate) const WAKER_TOKEN: u64 = u64::MAX;
 /// Poller token of the signal wake-up pipe.
@@ -305,11 +308,7 @@ impl LoopCore {
 
     /// `(events, reader, writer)` registered for `fd` (selectors' EVENT_READ=1, EVENT_WRITE=2),
     /// or None: what `loop._selector.get_key(fd)` reports on the selector loop.
-    fn _io_key(
-        &self,
-        py: Python<'_>,
-        fd: RawFd,
-    ) -> PyResult<Option<(u8, Option<Py<Handle>>, Option<Py<Handle>>)>> {
+    fn _io_key(&self, py: Python<'_>, fd: RawFd) -> PyResult<Option<IoKey>> {
         self.io.with(py, |r| {
             r.get(fd).map(|e| {
                 let events = u8::from(e.reader.is_some()) | (u8::from(e.writer.is_some()) << 1);
