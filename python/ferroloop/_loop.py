@@ -12,6 +12,7 @@ provides ``_closed``, ``_stopping``, ``_debug`` and ``slow_callback_duration`` a
 
 import asyncio
 import errno
+import os
 import selectors
 import signal
 import sys
@@ -138,7 +139,8 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
         if self._debug:
             _be.logger.debug("Close %r", self)
         self._closed = True
-        self._close_core()  # Rust: clear ready queue and timers, release the poller
+        self._close_core()  # Rust: clear ready queue, timers, readers and writers
+        self._selector = None  # as BaseSelectorEventLoop.close: transports' reprs then say 'open'
         self._executor_shutdown_called = True
         executor = self._default_executor
         if executor is not None:
@@ -211,6 +213,30 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
         else:
             self.call_soon_threadsafe(handle._callback, *handle._args, context=handle._context)
 
+    if sys.version_info >= (3, 13):
+        def _stop_serving(self, sock):
+            # _UnixSelectorEventLoop._stop_serving of 3.13, with its zero-argument super() call
+            # spelled out (super() needs the stdlib class in type(self).__mro__).
+            # Is this a unix socket that needs cleanup?
+            if sock in self._unix_server_sockets:
+                path = sock.getsockname()
+            else:
+                path = None
+
+            _selector_events.BaseSelectorEventLoop._stop_serving(self, sock)
+
+            if path is not None:
+                prev_ino = self._unix_server_sockets[sock]
+                del self._unix_server_sockets[sock]
+                try:
+                    if os.stat(path).st_ino == prev_ino:
+                        os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                except OSError as err:
+                    _be.logger.error('Unable to clean up listening UNIX socket '
+                                     '%r: %r', path, err)
+
     def __del__(self, _warn=warnings.warn):
         if not self.is_closed():
             _warn(f"unclosed event loop {self!r}", ResourceWarning, source=self)
@@ -265,6 +291,13 @@ def _borrow_selector_loop(cls):
             if name in own or name in _NOT_BORROWED or name.startswith('__'):
                 continue
             if callable(value) or isinstance(value, (staticmethod, classmethod, property)):
+                code = getattr(value, '__code__', None)
+                if code is not None and '__class__' in code.co_freevars:
+                    # Zero-argument super() only works with the stdlib class in the MRO: such a
+                    # method must be written out in Loop (see _stop_serving). Fail at import,
+                    # not in the middle of a program, when a new Python version adds one.
+                    raise ImportError(f'ferroloop: cannot reuse {base.__name__}.{name} '
+                                      f'(uses super()); Loop must define it')
                 setattr(cls, name, value)
 
 
