@@ -59,7 +59,7 @@ pub struct Handle {
     pub(crate) persistent: bool,
 }
 
-#[pyclass(frozen, extends = Handle, module = "ferroloop._ferroloop")]
+#[pyclass(frozen, extends = Handle, freelist = 256, module = "ferroloop._ferroloop")]
 pub struct TimerHandle;
 
 /// `callback(*args)`. Task steps (no argument) and future callbacks (one argument) are nearly
@@ -253,7 +253,9 @@ impl Handle {
             }
             (d.callback.take(), d.args.take())
         })?;
-        drop(dropped); // outside the borrow: destructors may run Python code
+        // Outside the borrow (destructors may run Python code); as Bound, a direct decref.
+        let (c, a) = dropped;
+        drop((c.map(|c| c.into_bound(py)), a.map(|a| a.into_bound(py))));
         Ok(())
     }
 
