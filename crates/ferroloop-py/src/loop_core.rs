@@ -101,6 +101,27 @@ impl LoopCore {
         Ok(())
     }
 
+    /// call_soon / call_soon_threadsafe: checks as asyncio (the thread check only for
+    /// call_soon, in debug mode), then queue a new handle.
+    fn schedule_soon(
+        slf: &Bound<'_, Self>,
+        callback: PyObject,
+        args: &Bound<'_, PyTuple>,
+        context: Option<PyObject>,
+        method: &str,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        if this.debug() {
+            Self::debug_checks(slf, &callback, method, method == "call_soon")?;
+        }
+        let handle = Handle::new_soon(py, callback, args.clone().unbind(), context, slf)?;
+        let queued = handle.clone_ref(py);
+        this.ready.with(py, |r| r.push(queued))?;
+        Ok(handle)
+    }
+
     fn schedule_at(
         slf: &Bound<'_, Self>,
         when: f64,
@@ -171,18 +192,10 @@ impl LoopCore {
         args: &Bound<'_, PyTuple>,
         context: Option<PyObject>,
     ) -> PyResult<Py<Handle>> {
-        let py = slf.py();
-        let this = slf.get();
-        this.check_closed()?;
-        if this.debug() {
-            Self::debug_checks(slf, &callback, "call_soon", true)?;
-        }
-        let handle = Handle::new_soon(py, callback, args.clone().unbind(), context, slf)?;
-        let queued = handle.clone_ref(py);
-        this.ready.with(py, |r| r.push(queued))?;
-        Ok(handle)
+        Self::schedule_soon(slf, callback, args, context, "call_soon")
     }
 
+    /// Like call_soon(), but thread-safe: also wakes the loop if it is blocked waiting.
     #[pyo3(signature = (callback, *args, context=None))]
     fn call_soon_threadsafe(
         slf: &Bound<'_, Self>,
@@ -190,16 +203,8 @@ impl LoopCore {
         args: &Bound<'_, PyTuple>,
         context: Option<PyObject>,
     ) -> PyResult<Py<Handle>> {
-        let py = slf.py();
-        let this = slf.get();
-        this.check_closed()?;
-        if this.debug() {
-            Self::debug_checks(slf, &callback, "call_soon_threadsafe", false)?;
-        }
-        let handle = Handle::new_soon(py, callback, args.clone().unbind(), context, slf)?;
-        let queued = handle.clone_ref(py);
-        this.ready.with(py, |r| r.push(queued))?;
-        this.waker.wake();
+        let handle = Self::schedule_soon(slf, callback, args, context, "call_soon_threadsafe")?;
+        slf.get().waker.wake();
         Ok(handle)
     }
 
