@@ -1,5 +1,6 @@
 """call_soon / call_soon_threadsafe, Handle objects, contexts, bad input."""
 
+import asyncio
 import contextvars
 import functools
 import gc
@@ -572,3 +573,24 @@ def test_stop_and_exception_in_same_callback(loop):
     loop.run_forever()
     assert len(contexts) == 1
     assert not loop.is_running()
+
+
+def test_subclass_overriding_call_soon_is_used(loop):
+    # Tasks schedule their steps with loop.call_soon: an override in a subclass must see them
+    # (ferroloop binds call_soon on the instance for speed, but only when it is not overridden).
+    seen = []
+
+    class Sub(type(loop)):
+        def call_soon(self, callback, *args, context=None):
+            seen.append(callback)
+            return super().call_soon(callback, *args, context=context)
+
+    sub = Sub()
+    try:
+        async def main():
+            await asyncio.sleep(0)
+            return 'done'
+        assert sub.run_until_complete(main()) == 'done'
+    finally:
+        sub.close()
+    assert len(seen) >= 2  # the first step and the step after sleep(0)

@@ -59,7 +59,6 @@ _BORROWED = (
     'set_exception_handler',
     'default_exception_handler',
     'call_exception_handler',
-    'get_debug',
     'set_debug',
     '_set_coroutine_origin_tracking',
 )
@@ -92,6 +91,10 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
         self._transports = weakref.WeakValueDictionary()
         self._signal_handlers = {}
         self._unix_server_sockets = {}  # 3.13's create_unix_server(cleanup_socket=True)
+        # The C Task looks up loop.call_soon on every step; an instance attribute is found
+        # without binding a new method object each time. Only when not overridden by a subclass.
+        if type(self).call_soon is Loop.call_soon:
+            self.call_soon = _ferroloop.LoopCore.call_soon.__get__(self)
 
     # -- running ---------------------------------------------------------------------------------
 

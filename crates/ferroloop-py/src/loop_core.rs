@@ -180,6 +180,11 @@ impl LoopCore {
         })
     }
 
+    /// Whether debug mode is on (asyncio's `get_debug`; every Future and Task creation asks).
+    fn get_debug(&self) -> bool {
+        self.debug()
+    }
+
     /// The loop's clock: `time.monotonic()`.
     fn time(&self) -> f64 {
         self.now()
