@@ -36,8 +36,6 @@ _Base = _be.BaseEventLoop
 _BORROWED = (
     '__repr__',
     'run_until_complete',
-    'create_future',
-    'create_task',
     'set_task_factory',
     'get_task_factory',
     'is_running',
@@ -258,16 +256,18 @@ class _SelectorView:
 
     def get_key(self, fileobj):
         loop = self._loop()
-        fd = selectors._fileobj_to_fd(fileobj)
-        entry = loop._io_key(fd) if loop is not None else None
+        if loop is None or loop.is_closed():
+            raise KeyError(f"{fileobj!r} is not registered")
+        fd = loop._io_lookup(fileobj)
+        entry = loop._io_key(fd)
         if entry is None:
             raise KeyError(f"{fileobj!r} is not registered")
-        events, reader, writer = entry
-        return selectors.SelectorKey(fileobj, fd, events, (reader, writer))
+        key, events, reader, writer = entry
+        return selectors.SelectorKey(key, fd, events, (reader, writer))
 
     def get_map(self):
         loop = self._loop()
-        if loop is None:
+        if loop is None or loop.is_closed():
             return {}
         return {fd: self.get_key(fd) for fd in loop._io_fds()}
 

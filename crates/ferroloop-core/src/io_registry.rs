@@ -30,13 +30,26 @@ pub enum PollerOp {
     None,
 }
 
+/// One fd's callbacks, and the object it was first registered with (`K`; selectors keep it so a
+/// closed socket can still be found by identity).
 #[derive(Debug)]
-pub struct Entry<T> {
+pub struct Entry<T, K> {
     pub reader: Option<T>,
     pub writer: Option<T>,
+    pub key: K,
 }
 
-impl<T> Entry<T> {
+/// What `remove` took out.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Removed<T, K> {
+    /// The callback of that direction, if there was one.
+    pub item: Option<T>,
+    /// The registration object, when the fd left the registry.
+    pub key: Option<K>,
+    pub op: PollerOp,
+}
+
+impl<T, K> Entry<T, K> {
     fn interest(&self) -> Interest {
         Interest {
             readable: self.reader.is_some(),
@@ -51,17 +64,17 @@ impl<T> Entry<T> {
     }
 }
 
-pub struct IoRegistry<T> {
-    fds: HashMap<RawFd, Entry<T>>,
+pub struct IoRegistry<T, K> {
+    fds: HashMap<RawFd, Entry<T, K>>,
 }
 
-impl<T> Default for IoRegistry<T> {
+impl<T, K> Default for IoRegistry<T, K> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<T> IoRegistry<T> {
+impl<T, K> IoRegistry<T, K> {
     pub fn new() -> Self {
         Self {
             fds: HashMap::new(),
@@ -77,7 +90,7 @@ impl<T> IoRegistry<T> {
         self.fds.is_empty()
     }
 
-    pub fn get(&self, fd: RawFd) -> Option<&Entry<T>> {
+    pub fn get(&self, fd: RawFd) -> Option<&Entry<T, K>> {
         self.fds.get(&fd)
     }
 
@@ -104,51 +117,64 @@ impl<T> IoRegistry<T> {
         }
     }
 
-    /// Install `item` as the fd's callback for `dir`; returns the one it replaces.
-    pub fn set(&mut self, fd: RawFd, dir: Direction, item: T) -> Option<T> {
-        let e = self.fds.entry(fd).or_insert(Entry {
-            reader: None,
-            writer: None,
-        });
-        e.slot(dir).replace(item)
+    /// Install `item` as the fd's callback for `dir`. Returns the callback it replaces, and
+    /// `key` back when the fd was already registered (the first registration's object stays).
+    pub fn set(&mut self, fd: RawFd, dir: Direction, item: T, key: K) -> (Option<T>, Option<K>) {
+        match self.fds.get_mut(&fd) {
+            Some(e) => (e.slot(dir).replace(item), Some(key)),
+            None => {
+                let mut e = Entry {
+                    reader: None,
+                    writer: None,
+                    key,
+                };
+                *e.slot(dir) = Some(item);
+                self.fds.insert(fd, e);
+                (None, None)
+            }
+        }
     }
 
-    /// Remove the fd's callback for `dir`: the removed item (if any) and the poller operation.
-    pub fn remove(&mut self, fd: RawFd, dir: Direction) -> (Option<T>, PollerOp) {
+    /// Remove the fd's callback for `dir`, and the fd itself when no direction is left.
+    pub fn remove(&mut self, fd: RawFd, dir: Direction) -> Removed<T, K> {
         let Some(e) = self.fds.get_mut(&fd) else {
-            return (None, PollerOp::None);
+            return Removed {
+                item: None,
+                key: None,
+                op: PollerOp::None,
+            };
         };
         let before = e.interest();
-        let old = e.slot(dir).take();
+        let item = e.slot(dir).take();
         let after = e.interest();
-        let op = if after.is_empty() {
-            PollerOp::Deregister
-        } else if after != before {
+        if after.is_empty() {
+            let key = self.fds.remove(&fd).map(|e| e.key);
+            return Removed {
+                item,
+                key,
+                op: PollerOp::Deregister,
+            };
+        }
+        let op = if after != before {
             PollerOp::Modify(after)
         } else {
             PollerOp::None
         };
-        if after.is_empty() {
-            self.fds.remove(&fd);
+        Removed {
+            item,
+            key: None,
+            op,
         }
-        (old, op)
     }
 
     /// Forget an fd entirely (its registration failed); returns what it held.
-    pub fn forget(&mut self, fd: RawFd) -> Option<Entry<T>> {
+    pub fn forget(&mut self, fd: RawFd) -> Option<Entry<T, K>> {
         self.fds.remove(&fd)
     }
 
-    /// Remove everything (loop close): the fds and their items.
-    pub fn clear(&mut self) -> (Vec<RawFd>, Vec<T>) {
-        let mut fds = Vec::new();
-        let mut out = Vec::new();
-        for (fd, e) in self.fds.drain() {
-            fds.push(fd);
-            out.extend(e.reader);
-            out.extend(e.writer);
-        }
-        (fds, out)
+    /// Remove everything (loop close).
+    pub fn clear(&mut self) -> Vec<(RawFd, Entry<T, K>)> {
+        self.fds.drain().collect()
     }
 
     /// Every registered fd.
@@ -175,54 +201,82 @@ mod tests {
             r.op_for_set(5, Direction::Read),
             PollerOp::Register(Interest::READ)
         );
-        assert_eq!(r.set(5, Direction::Read, "r1"), None);
+        assert_eq!(r.set(5, Direction::Read, "r1", "sock"), (None, None));
         assert_eq!(
             r.op_for_set(5, Direction::Write),
             PollerOp::Modify(Interest::BOTH)
         );
-        r.set(5, Direction::Write, "w1");
+        assert_eq!(
+            r.set(5, Direction::Write, "w1", "other"),
+            (None, Some("other"))
+        );
+        assert_eq!(
+            r.get(5).unwrap().key,
+            "sock",
+            "the first registration's object stays"
+        );
         assert_eq!(r.len(), 1);
     }
 
     #[test]
     fn replacing_hands_back_the_old_callback_without_poller_change() {
         let mut r = IoRegistry::new();
-        r.set(3, Direction::Read, "a");
+        r.set(3, Direction::Read, "a", ());
         assert_eq!(r.op_for_set(3, Direction::Read), PollerOp::None);
-        assert_eq!(r.set(3, Direction::Read, "b"), Some("a"));
+        assert_eq!(r.set(3, Direction::Read, "b", ()).0, Some("a"));
         assert_eq!(r.get(3).unwrap().reader, Some("b"));
     }
 
     #[test]
     fn removing_one_direction_keeps_the_other() {
         let mut r = IoRegistry::new();
-        r.set(7, Direction::Read, "r");
-        r.set(7, Direction::Write, "w");
+        r.set(7, Direction::Read, "r", "k");
+        r.set(7, Direction::Write, "w", "k2");
         assert_eq!(
             r.remove(7, Direction::Read),
-            (Some("r"), PollerOp::Modify(Interest::WRITE))
+            Removed {
+                item: Some("r"),
+                key: None,
+                op: PollerOp::Modify(Interest::WRITE)
+            }
         );
-        assert_eq!(r.remove(7, Direction::Read), (None, PollerOp::None));
+        assert_eq!(
+            r.remove(7, Direction::Read),
+            Removed {
+                item: None,
+                key: None,
+                op: PollerOp::None
+            }
+        );
         assert_eq!(
             r.remove(7, Direction::Write),
-            (Some("w"), PollerOp::Deregister)
+            Removed {
+                item: Some("w"),
+                key: Some("k"),
+                op: PollerOp::Deregister
+            }
         );
         assert!(r.is_empty());
-        assert_eq!(r.remove(7, Direction::Write), (None, PollerOp::None));
+        assert_eq!(
+            r.remove(7, Direction::Write),
+            Removed {
+                item: None,
+                key: None,
+                op: PollerOp::None
+            }
+        );
     }
 
     #[test]
-    fn clear_returns_all_items() {
+    fn clear_returns_all_entries() {
         let mut r = IoRegistry::new();
-        r.set(1, Direction::Read, 1);
-        r.set(1, Direction::Write, 2);
-        r.set(2, Direction::Read, 3);
+        r.set(1, Direction::Read, 1, ());
+        r.set(1, Direction::Write, 2, ());
+        r.set(2, Direction::Read, 3, ());
         assert_eq!(r.iter().count(), 3);
-        let (mut fds, mut all) = r.clear();
+        let mut fds: Vec<RawFd> = r.clear().into_iter().map(|(fd, _)| fd).collect();
         fds.sort();
         assert_eq!(fds, vec![1, 2]);
-        all.sort();
-        assert_eq!(all, vec![1, 2, 3]);
         assert!(r.is_empty());
     }
 }

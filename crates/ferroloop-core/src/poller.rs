@@ -52,11 +52,11 @@ mod tests {
         let (mut a, mut b) = UnixStream::pair().unwrap();
         sel.register(b.as_raw_fd(), 7, Interest::READ).unwrap();
         let mut ev = vec![];
-        sel.select(&mut ev, 0).unwrap();
+        sel.select(&mut ev, 0, 8).unwrap();
         assert!(ev.is_empty());
         a.write_all(b"hello").unwrap();
         for _ in 0..3 {
-            sel.select(&mut ev, 100).unwrap();
+            sel.select(&mut ev, 100, 8).unwrap();
             assert_eq!(
                 ev,
                 vec![Event {
@@ -68,11 +68,11 @@ mod tests {
         }
         let mut buf = [0u8; 2];
         b.read_exact(&mut buf).unwrap(); // partial read: still readable
-        sel.select(&mut ev, 0).unwrap();
+        sel.select(&mut ev, 0, 8).unwrap();
         assert_eq!(ev.len(), 1);
         let mut rest = [0u8; 3];
         b.read_exact(&mut rest).unwrap();
-        sel.select(&mut ev, 0).unwrap();
+        sel.select(&mut ev, 0, 8).unwrap();
         assert!(ev.is_empty());
     }
 
@@ -83,7 +83,7 @@ mod tests {
         sel.register(a.as_raw_fd(), 1, Interest::READ).unwrap();
         sel.reregister(a.as_raw_fd(), 1, Interest::WRITE).unwrap();
         let mut ev = vec![];
-        sel.select(&mut ev, 100).unwrap();
+        sel.select(&mut ev, 100, 8).unwrap();
         assert_eq!(
             ev,
             vec![Event {
@@ -93,8 +93,27 @@ mod tests {
             }]
         );
         sel.deregister(a.as_raw_fd()).unwrap();
-        sel.select(&mut ev, 0).unwrap();
+        sel.select(&mut ev, 0, 8).unwrap();
         assert!(ev.is_empty());
         assert!(sel.deregister(a.as_raw_fd()).is_err());
+    }
+
+    #[test]
+    fn reports_every_ready_fd_in_one_call_and_terminates() {
+        // More ready fds than any fixed buffer: level-triggered epoll keeps reporting them,
+        // so one call sized to the registrations must return them all, once each.
+        let sel = Selector::new().unwrap();
+        let mut pairs = vec![];
+        for i in 0..300u64 {
+            let (mut a, b) = UnixStream::pair().unwrap();
+            a.write_all(b"x").unwrap();
+            sel.register(b.as_raw_fd(), i, Interest::READ).unwrap();
+            pairs.push((a, b));
+        }
+        let mut ev = vec![];
+        sel.select(&mut ev, 100, pairs.len()).unwrap();
+        let mut tokens: Vec<u64> = ev.iter().map(|e| e.token).collect();
+        tokens.sort();
+        assert_eq!(tokens, (0..300).collect::<Vec<_>>());
     }
 }

@@ -8,7 +8,7 @@
 //! the loop drains it and lets Python run the handlers.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 
 use crate::sys::pipe::{drain, Pipe};
 
@@ -25,17 +25,23 @@ impl SignalWakeup {
 
     /// The fd to pass to `signal.set_wakeup_fd()` (non-blocking, as CPython requires).
     pub fn write_fd(&self) -> RawFd {
-        self.pipe.write.as_raw_fd()
+        self.pipe.write.get().unwrap_or(-1)
     }
 
     /// The fd to register in the poller.
     pub fn read_fd(&self) -> RawFd {
-        self.pipe.read.as_raw_fd()
+        self.pipe.read.get().unwrap_or(-1)
     }
 
     /// Consume pending wake-ups; returns whether there were any.
     pub fn drain(&self) -> bool {
-        drain(&self.pipe.read) > 0
+        self.pipe.read.get().is_some_and(|fd| drain(fd) > 0)
+    }
+
+    /// Close both ends (loop.close()).
+    pub fn close(&self) {
+        self.pipe.read.close();
+        self.pipe.write.close();
     }
 }
 
@@ -50,7 +56,7 @@ mod tests {
         let s = SignalWakeup::new().unwrap();
         sel.register(s.read_fd(), 9, Interest::READ).unwrap();
         let mut ev = vec![];
-        sel.select(&mut ev, 0).unwrap();
+        sel.select(&mut ev, 0, 8).unwrap();
         assert!(ev.is_empty());
         for signum in [2u8, 15u8, 2u8] {
             // SAFETY: writes one byte from a valid buffer to our own pipe.
@@ -59,10 +65,10 @@ mod tests {
                 1
             );
         }
-        sel.select(&mut ev, 1000).unwrap();
+        sel.select(&mut ev, 1000, 8).unwrap();
         assert_eq!(ev.len(), 1);
         assert!(s.drain());
-        sel.select(&mut ev, 0).unwrap();
+        sel.select(&mut ev, 0, 8).unwrap();
         assert!(ev.is_empty());
         assert!(!s.drain());
     }

@@ -48,6 +48,11 @@ impl Waker {
         self.fd.notify();
     }
 
+    /// Release the eventfd (loop.close()); later wake-ups do nothing.
+    pub fn close(&self) {
+        self.fd.close();
+    }
+
     /// The loop is about to block; it must look at its queues once more after this.
     #[inline]
     pub fn prepare_to_poll(&self) {
@@ -93,7 +98,7 @@ mod tests {
         });
         let start = Instant::now();
         let mut ev = vec![];
-        sel.select(&mut ev, 10_000).unwrap();
+        sel.select(&mut ev, 10_000, 8).unwrap();
         let waited = start.elapsed();
         assert!(
             waited < Duration::from_secs(5),
@@ -104,7 +109,7 @@ mod tests {
         w.after_poll(true);
         t.join().unwrap();
         // drained: the next poll does not return immediately because of a stale wake-up
-        sel.select(&mut ev, 0).unwrap();
+        sel.select(&mut ev, 0, 8).unwrap();
         assert!(ev.is_empty());
     }
 
@@ -115,7 +120,7 @@ mod tests {
         sel.register(w.as_raw_fd(), TOKEN, Interest::READ).unwrap();
         w.wake(); // loop busy: nothing written
         let mut ev = vec![];
-        sel.select(&mut ev, 0).unwrap();
+        sel.select(&mut ev, 0, 8).unwrap();
         assert!(ev.is_empty());
     }
 
@@ -156,7 +161,7 @@ mod tests {
             assert!(Instant::now() < deadline, "lost wake-up: {seen}/{N}");
             w.prepare_to_poll();
             let timeout = if queued.load(SeqCst) > seen { 0 } else { 5_000 };
-            sel.select(&mut ev, timeout).unwrap();
+            sel.select(&mut ev, timeout, 8).unwrap();
             w.after_poll(!ev.is_empty());
             seen = queued.load(SeqCst);
         }

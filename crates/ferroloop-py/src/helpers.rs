@@ -3,6 +3,7 @@
 
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
+use pyo3::types::PyTuple;
 
 pub struct Helpers {
     pub callback_failed: PyObject,
@@ -10,6 +11,15 @@ pub struct Helpers {
     pub source_traceback: PyObject,
     pub slow_callback: PyObject,
     pub fileobj_to_fd: PyObject,
+    /// `asyncio.futures` and `asyncio.tasks`: `Future`/`Task` are looked up on each call, as the
+    /// stdlib's own `create_future`/`create_task` do.
+    pub futures: PyObject,
+    pub tasks: PyObject,
+    /// `BaseEventLoop.create_task`, for the task-factory path (differs across versions).
+    pub create_task_with_factory: PyObject,
+    /// `("loop",)` and `("loop", "name", "context")`, keyword names for vectorcalls.
+    pub kw_loop: Py<PyTuple>,
+    pub kw_loop_name_context: Py<PyTuple>,
 }
 
 static HELPERS: GILOnceCell<Helpers> = GILOnceCell::new();
@@ -23,6 +33,40 @@ pub fn get(py: Python<'_>) -> PyResult<&'static Helpers> {
             source_traceback: m.getattr("source_traceback")?.unbind(),
             slow_callback: m.getattr("slow_callback")?.unbind(),
             fileobj_to_fd: py.import("selectors")?.getattr("_fileobj_to_fd")?.unbind(),
+            futures: py.import("asyncio.futures")?.into_any().unbind(),
+            tasks: py.import("asyncio.tasks")?.into_any().unbind(),
+            create_task_with_factory: py
+                .import("asyncio.base_events")?
+                .getattr("BaseEventLoop")?
+                .getattr("create_task")?
+                .unbind(),
+            kw_loop: PyTuple::new(py, ["loop"])?.unbind(),
+            kw_loop_name_context: PyTuple::new(py, ["loop", "name", "context"])?.unbind(),
         })
     })
+}
+
+/// `callable(*args[..nargs], **dict(zip(kwnames, args[nargs..])))` through vectorcall, without
+/// building a kwargs dict.
+pub fn vectorcall<'py>(
+    callable: &Bound<'py, PyAny>,
+    args: &[&Bound<'py, PyAny>],
+    nargs: usize,
+    kwnames: &Bound<'py, PyTuple>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = callable.py();
+    debug_assert_eq!(args.len(), nargs + kwnames.len());
+    let ptrs: Vec<*mut pyo3::ffi::PyObject> = args.iter().map(|a| a.as_ptr()).collect();
+    // SAFETY: GIL held; `ptrs` holds `args.len()` borrowed references kept alive by `args` for
+    // the duration of the call, and `kwnames` is a tuple of strings naming the trailing
+    // `args.len() - nargs` of them. The result is a new reference or NULL with an exception set.
+    unsafe {
+        let res = pyo3::ffi::PyObject_Vectorcall(
+            callable.as_ptr(),
+            ptrs.as_ptr(),
+            nargs,
+            kwnames.as_ptr(),
+        );
+        Bound::from_owned_ptr_or_err(py, res)
+    }
 }

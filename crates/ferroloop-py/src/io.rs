@@ -4,13 +4,15 @@
 //! Semantics are the selector loop's: one reader and one writer per fd; adding replaces and
 //! cancels the previous handle; the same handle is queued on every iteration while the fd stays
 //! ready (level-triggered); a cancelled handle found at dispatch time unregisters its direction.
-//! Reader/writer handles are *persistent*: they keep their callback after running.
+//! Reader/writer handles are *persistent*: they keep their callback after running. Each fd also
+//! keeps the object it was first registered with, so that — as with selectors — a socket closed
+//! while registered (its `fileno()` is now -1) can still be removed.
 
 use std::os::fd::RawFd;
 
-use ferroloop_core::io_registry::{Direction, PollerOp};
+use ferroloop_core::io_registry::{Direction, PollerOp, Removed};
 use ferroloop_core::poller::Event;
-use pyo3::exceptions::PyOSError;
+use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyInt, PyTuple};
 
@@ -37,10 +39,26 @@ pub(crate) fn fd_of(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
         .extract(obj.py())
 }
 
+/// selectors' `_fileobj_lookup`: `fd_of`, or — for an object without a valid fd any more — the
+/// fd it was registered with.
+pub(crate) fn lookup(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+    let py = slf.py();
+    match fd_of(fileobj) {
+        Err(e) if e.is_instance_of::<PyValueError>(py) => {
+            let found = slf.get().io.with(py, |r| {
+                r.fds()
+                    .find(|fd| r.get(*fd).is_some_and(|e| e.key.is(fileobj)))
+            })?;
+            found.ok_or(e)
+        }
+        other => other,
+    }
+}
+
 fn apply(loop_: &LoopCore, fd: RawFd, op: PollerOp) -> std::io::Result<()> {
     match op {
         PollerOp::Register(i) => match loop_.selector.register(fd, fd as u64, i) {
-            // Still known to the kernel (the fd was dup'ed, or reused before we saw it close).
+            // Still known to the kernel (a dup of it is open): take the registration over.
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                 loop_.selector.reregister(fd, fd as u64, i)
             }
@@ -69,7 +87,9 @@ pub(crate) fn add(
     let op = this.io.with(py, |r| r.op_for_set(fd, dir))?;
     apply(this, fd, op).map_err(os_err)?;
     let queued = handle.clone_ref(py);
-    let old = this.io.with(py, |r| r.set(fd, dir, queued))?;
+    let key = fileobj.clone().unbind();
+    let (old, unused_key) = this.io.with(py, |r| r.set(fd, dir, queued, key))?;
+    drop(unused_key.map(|k| k.into_bound(py)));
     if let Some(old) = old {
         Handle::cancel_handle(old.bind(py))?;
     }
@@ -82,26 +102,30 @@ pub(crate) fn remove(
     fileobj: &Bound<'_, PyAny>,
     dir: Direction,
 ) -> PyResult<bool> {
-    let this = slf.get();
-    if this.is_closed_() {
+    if slf.get().is_closed_() {
         return Ok(false);
     }
-    let fd = fd_of(fileobj)?;
+    let fd = lookup(slf, fileobj)?;
     remove_fd(slf, fd, dir)
 }
 
 fn remove_fd(slf: &Bound<'_, LoopCore>, fd: RawFd, dir: Direction) -> PyResult<bool> {
     let py = slf.py();
     let this = slf.get();
-    let (old, op) = this.io.with(py, |r| r.remove(fd, dir))?;
+    let Removed { item, key, op } = this.io.with(py, |r| r.remove(fd, dir))?;
+    drop(key.map(|k| k.into_bound(py)));
     let applied = apply(this, fd, op);
     if applied.is_err() {
         // selectors: a failed modify unregisters the fd before raising.
         let forgotten = this.io.with(py, |r| r.forget(fd))?;
         let _ = this.selector.deregister(fd);
-        drop(forgotten);
+        if let Some(e) = forgotten {
+            for h in e.reader.into_iter().chain(e.writer) {
+                Handle::cancel_handle(h.bind(py))?;
+            }
+        }
     }
-    let had = match old {
+    let had = match item {
         Some(h) => {
             Handle::cancel_handle(h.bind(py))?;
             true

@@ -17,17 +17,19 @@ use ferroloop_core::signals::SignalWakeup;
 use ferroloop_core::timers::TimerQueue;
 use ferroloop_core::waker::Waker;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyInt, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::gil::GilCell;
 use crate::handle::{Handle, TimerHandle};
+use crate::helpers;
 use crate::io;
 use crate::iteration;
 
-/// `(events, reader, writer)` of one fd, as `selectors.SelectorKey` has them.
-type IoKey = (u8, Option<Py<Handle>>, Option<Py<Handle>>);
+/// `(fileobj, events, reader, writer)` of one fd, as `selectors.SelectorKey` has them.
+type IoKey = (PyObject, u8, Option<Py<Handle>>, Option<Py<Handle>>);
 
 /// Poller token of the waker's eventfd.
 pub(crate) const WAKER_TOKEN: u64 = u64::MAX;
@@ -45,7 +47,7 @@ pub struct LoopCore {
     /// loop that is not going to block runs Python code, and Python runs signal handlers itself.
     pub(crate) signal_wakeup: std::sync::OnceLock<SignalWakeup>,
     /// Readers and writers by fd (see `io.rs`).
-    pub(crate) io: GilCell<IoRegistry<Py<Handle>>>,
+    pub(crate) io: GilCell<IoRegistry<Py<Handle>, PyObject>>,
     closed: AtomicBool,
     pub(crate) stopping: AtomicBool,
     debug: AtomicBool,
@@ -178,6 +180,49 @@ impl LoopCore {
             debug: AtomicBool::new(false),
             slow_callback_duration: AtomicU64::new(0.1f64.to_bits()),
         })
+    }
+
+    /// `asyncio.Future(loop=self)`.
+    fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let h = helpers::get(py)?;
+        let cls = h.futures.bind(py).getattr(intern!(py, "Future"))?;
+        helpers::vectorcall(&cls, &[slf.as_any()], 0, h.kw_loop.bind(py))
+    }
+
+    /// Schedule a coroutine as a Task (asyncio's `create_task`). Without a task factory the Task
+    /// is built here, with no Python frame of the loop in between: its debug-mode source
+    /// traceback then already ends at the caller, which asyncio gets by deleting its own
+    /// `create_task` frame. With a task factory, asyncio's own code runs.
+    #[pyo3(signature = (coro, *, name=None, context=None))]
+    fn create_task<'py>(
+        slf: &Bound<'py, Self>,
+        coro: &Bound<'py, PyAny>,
+        name: Option<&Bound<'py, PyAny>>,
+        context: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        slf.get().check_closed()?;
+        let h = helpers::get(py)?;
+        let none = py.None().into_bound(py);
+        let name = name.unwrap_or(&none);
+        let context = context.unwrap_or(&none);
+        if !slf.getattr(intern!(py, "_task_factory"))?.is_none() {
+            let kwargs = pyo3::types::PyDict::new(py);
+            kwargs.set_item(intern!(py, "name"), name)?;
+            kwargs.set_item(intern!(py, "context"), context)?;
+            return h
+                .create_task_with_factory
+                .bind(py)
+                .call((slf, coro), Some(&kwargs));
+        }
+        let cls = h.tasks.bind(py).getattr(intern!(py, "Task"))?;
+        helpers::vectorcall(
+            &cls,
+            &[coro, slf.as_any(), name, context],
+            1,
+            h.kw_loop_name_context.bind(py),
+        )
     }
 
     /// Whether debug mode is on (asyncio's `get_debug`; every Future and Task creation asks).
@@ -323,12 +368,18 @@ impl LoopCore {
             r.get(fd).map(|e| {
                 let events = u8::from(e.reader.is_some()) | (u8::from(e.writer.is_some()) << 1);
                 (
+                    e.key.clone_ref(py),
                     events,
                     e.reader.as_ref().map(|h| h.clone_ref(py)),
                     e.writer.as_ref().map(|h| h.clone_ref(py)),
                 )
             })
         })
+    }
+
+    /// selectors' `_fileobj_lookup`: the fd of `fileobj`, or the fd it was registered with.
+    fn _io_lookup(slf: &Bound<'_, Self>, fileobj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+        io::lookup(slf, fileobj)
     }
 
     /// Every fd with a reader or a writer.
@@ -353,20 +404,26 @@ impl LoopCore {
         Ok(())
     }
 
-    /// Drop every pending callback and timer (loop.close()).
+    /// Drop every pending callback, timer, reader and writer, and close the loop's own
+    /// descriptors (loop.close(); asyncio's close releases its selector and self-pipe at once).
     fn _close_core(&self, py: Python<'_>) -> PyResult<()> {
         let ready = self.ready.with(py, |r| r.clear())?;
         let timers = self.timers.with(py, |t| t.clear())?;
-        let (fds, io) = self.io.with(py, |r| r.clear())?;
-        for fd in fds {
-            let _ = self.selector.deregister(fd); // may be closed already, as on the selector loop
-        }
+        let io = self.io.with(py, |r| r.clear())?;
         for t in &timers {
             t.get().scheduled.store(false, Relaxed);
         }
         // These will never run: release their callbacks, which may reference the handle.
-        for h in ready.iter().chain(timers.iter()).chain(io.iter()) {
+        let io_handles = io
+            .iter()
+            .flat_map(|(_, e)| e.reader.iter().chain(e.writer.iter()));
+        for h in ready.iter().chain(timers.iter()).chain(io_handles) {
             h.get().release(py)?;
+        }
+        self.selector.close();
+        self.waker.close();
+        if let Some(s) = self.signal_wakeup.get() {
+            s.close();
         }
         drop((ready, timers, io));
         Ok(())

@@ -5,13 +5,17 @@
 //! `EPOLLET` gives exactly that, so no re-arming or user-space bookkeeping is needed.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
+use std::sync::Mutex;
+
+use super::fd::ClosableFd;
 
 use crate::poller::{Event, Interest};
 
-#[derive(Debug)]
 pub struct Selector {
-    ep: OwnedFd,
+    ep: ClosableFd,
+    /// epoll_wait's output buffer, reused (only the loop thread polls; the lock is uncontended).
+    buf: Mutex<Vec<libc::epoll_event>>,
 }
 
 fn to_epoll(interest: Interest) -> u32 {
@@ -32,16 +36,16 @@ impl Selector {
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: fresh descriptor owned by nobody else.
         Ok(Self {
-            ep: unsafe { OwnedFd::from_raw_fd(fd) },
+            ep: ClosableFd::new(fd),
+            buf: Mutex::new(Vec::new()),
         })
     }
 
     fn ctl(&self, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
         let mut ev = libc::epoll_event { events, u64: token };
         // SAFETY: `ev` is a valid epoll_event for the duration of the call.
-        let r = unsafe { libc::epoll_ctl(self.ep.as_raw_fd(), op, fd, &mut ev) };
+        let r = unsafe { libc::epoll_ctl(self.ep.raw()?, op, fd, &mut ev) };
         if r < 0 {
             Err(io::Error::last_os_error())
         } else {
@@ -61,21 +65,26 @@ impl Selector {
         self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0)
     }
 
-    /// Wait for events. `timeout_ms` follows epoll_wait (-1 forever, 0 poll).
+    /// Wait for events. `timeout_ms` follows epoll_wait (-1 forever, 0 poll). `max_events` is
+    /// how many fds may be ready at once (the registrations): the buffer is sized to it, as
+    /// selectors.EpollSelector does, so every ready fd is reported in one call. (Calling again
+    /// after a full buffer would not do: level-triggered epoll reports the same fds again.)
     /// EINTR is returned as an error of kind `Interrupted` so the caller can run signal handlers.
-    pub fn select(&self, events: &mut Vec<Event>, timeout_ms: i32) -> io::Result<()> {
-        const MAX: usize = 1024;
-        let mut raw: [libc::epoll_event; MAX] = [libc::epoll_event { events: 0, u64: 0 }; MAX];
+    pub fn select(
+        &self,
+        events: &mut Vec<Event>,
+        timeout_ms: i32,
+        max_events: usize,
+    ) -> io::Result<()> {
+        let ep = self.ep.raw()?;
+        let mut raw = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        let want = max_events.clamp(64, i32::MAX as usize);
+        if raw.len() < want {
+            raw.resize(want, libc::epoll_event { events: 0, u64: 0 });
+        }
         events.clear();
-        // SAFETY: `raw` holds MAX writable epoll_event slots and we pass MAX as its length.
-        let n = unsafe {
-            libc::epoll_wait(
-                self.ep.as_raw_fd(),
-                raw.as_mut_ptr(),
-                MAX as i32,
-                timeout_ms,
-            )
-        };
+        // SAFETY: `raw` holds raw.len() writable epoll_event slots and we pass that length.
+        let n = unsafe { libc::epoll_wait(ep, raw.as_mut_ptr(), raw.len() as i32, timeout_ms) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -92,10 +101,9 @@ impl Selector {
         }
         Ok(())
     }
-}
 
-impl AsRawFd for Selector {
-    fn as_raw_fd(&self) -> RawFd {
-        self.ep.as_raw_fd()
+    /// Close the epoll descriptor now (loop.close()); later calls fail with EBADF.
+    pub fn close(&self) {
+        self.ep.close();
     }
 }

@@ -2,12 +2,15 @@
 //! `cfg` line here, and nothing above this module changes.
 //!
 //! - `clock`   — `CLOCK_MONOTONIC` in nanoseconds.
+//! - `fd`      — an owned fd that `loop.close()` can close early.
 //! - `epoll`   — the level-triggered selector (Linux).
 //! - `eventfd` — the wake-up primitive (Linux).
 //! - `pipe`    — non-blocking pipes (signal wake-up).
 
 #[cfg(unix)]
 pub mod clock;
+#[cfg(unix)]
+pub mod fd;
 
 #[cfg(target_os = "linux")]
 pub mod epoll;

@@ -1,11 +1,13 @@
 //! pipe2(2): a non-blocking, close-on-exec pipe.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::RawFd;
+
+use super::fd::ClosableFd;
 
 pub struct Pipe {
-    pub read: OwnedFd,
-    pub write: OwnedFd,
+    pub read: ClosableFd,
+    pub write: ClosableFd,
 }
 
 impl Pipe {
@@ -16,23 +18,20 @@ impl Pipe {
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: both descriptors were just created and are owned by nobody else.
-        unsafe {
-            Ok(Self {
-                read: OwnedFd::from_raw_fd(fds[0]),
-                write: OwnedFd::from_raw_fd(fds[1]),
-            })
-        }
+        Ok(Self {
+            read: ClosableFd::new(fds[0]),
+            write: ClosableFd::new(fds[1]),
+        })
     }
 }
 
 /// Read and discard everything buffered in a non-blocking fd. Returns the byte count.
-pub fn drain(fd: &impl AsRawFd) -> usize {
+pub fn drain(fd: RawFd) -> usize {
     let mut buf = [0u8; 256];
     let mut total = 0;
     loop {
         // SAFETY: reads at most buf.len() bytes into a valid buffer from a descriptor we own.
-        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
         if n <= 0 {
             // 0: closed; -1: EAGAIN (drained) or another error — nothing more to read either way.
             return total;
