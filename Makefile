@@ -69,6 +69,17 @@ bench: ## the benchmark suite: asyncio, uvloop, rloop and ferroloop side by side
 	.venv/3.11/bin/python -m pip install -q --disable-pip-version-check -r bench/requirements.txt
 	.venv/3.11/bin/python bench/run.py --markdown $(ARGS)
 
+.PHONY: bench-echo bench-http
+bench-echo: ## echo benchmark: echo servers on each loop + plain-Rust ceiling, compiled client; ARGS=--quick etc.
+	$(MAKE) build V=3.11
+	.venv/3.11/bin/python -m pip install -q --disable-pip-version-check -r bench/requirements.txt
+	.venv/3.11/bin/python bench/echo/run.py --markdown $(ARGS)
+
+bench-http: ## HTTP benchmark: httptools Protocol server and uvicorn on each loop, loaded by wrk; ARGS=--quick etc.
+	$(MAKE) build V=3.11
+	.venv/3.11/bin/python -m pip install -q --disable-pip-version-check -r bench/requirements.txt
+	.venv/3.11/bin/python bench/http/run.py --markdown $(ARGS)
+
 .PHONY: check-stubs
 check-stubs: .venv/$(V)/.built ## check python/ferroloop/_ferroloop.pyi against the compiled module (mypy stubtest)
 	cd /tmp && $(CURDIR)/$(PYTHON) -m mypy.stubtest ferroloop._ferroloop
@@ -80,4 +91,4 @@ lint: ## rustfmt check and clippy
 
 .PHONY: clean
 clean: ## remove build products and virtualenvs
-	rm -rf target .venv dist conformance/results bench/results
+	rm -rf target .venv dist conformance/results bench/results bench/echo/target bench/echo/results bench/http/results

@@ -1,0 +1,202 @@
+"""Echo benchmark: asyncio, uvloop, rloop and ferroloop echo servers against a compiled client,
+with a plain-Rust epoll server as the ceiling (see bench/echo/README.md).
+
+    python bench/echo/run.py [--quick] [--reps N] [--duration S] [--loops a,b] [--styles ...]
+                             [--transports tcp,unix] [--sizes 1024,...] [--conns 1,32] [--markdown]
+
+Every sample is a fresh server process pinned to one CPU and a fresh client pinned to the other;
+samples are interleaved (each repetition runs every case on every loop, the loop order rotating).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import netbench as nb  # noqa: E402
+
+SERVER_PY = HERE / 'server.py'
+CLIENT = HERE / 'target' / 'release' / 'echo-client'
+RUST_SERVER = HERE / 'target' / 'release' / 'echo-server'
+STYLES = ('protocol', 'streams', 'sock')
+TRANSPORTS = ('tcp', 'unix')
+SIZES = (1024, 10 * 1024, 100 * 1024)
+CONNS = (1, 32)
+# --quick: the cases that matter most, a few seconds each
+QUICK_CASES = [('protocol', 'tcp', 1024, 32), ('streams', 'tcp', 1024, 32), ('sock', 'tcp', 1024, 32),
+               ('protocol', 'tcp', 1024, 1), ('protocol', 'unix', 1024, 32), ('protocol', 'tcp', 102400, 32)]
+CEILING = 'rust'  # the plain-Rust echo-server, one per (transport, size, conns)
+
+
+def size_label(n):
+    return f'{n // 1024} KiB' if n % 1024 == 0 else f'{n} B'
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--loops', type=nb.csv_list(nb.LOOPS), default=list(nb.LOOPS))
+    p.add_argument('--styles', type=nb.csv_list(STYLES))
+    p.add_argument('--transports', type=nb.csv_list(TRANSPORTS))
+    p.add_argument('--sizes', type=nb.csv_list(None, int), help='message sizes in bytes (1024,10240,102400)')
+    p.add_argument('--conns', type=nb.csv_list(None, int), help='concurrent connections (1,32)')
+    p.add_argument('--reps', type=int, default=3, help='samples per case and loop (default 3)')
+    p.add_argument('--duration', type=float, help='measured seconds per sample (default 5, --quick 2)')
+    p.add_argument('--warmup', type=float, help='warm-up seconds before measuring (default 1, --quick 0.5)')
+    p.add_argument('--quick', action='store_true',
+                   help=f'smoke run: {len(QUICK_CASES)} cases (unless selected), 2 s each')
+    p.add_argument('--no-ceiling', action='store_true', help='skip the plain-Rust echo-server')
+    p.add_argument('--server-cpu', type=int, help='CPU of the servers (default: the first allowed)')
+    p.add_argument('--client-cpu', type=int, help='CPU of the client (default: the second allowed)')
+    p.add_argument('--python', default=sys.executable, help='interpreter of the Python servers')
+    p.add_argument('--no-build', action='store_true', help='do not run cargo build first')
+    p.add_argument('--markdown', action='store_true', help='also print a Markdown report')
+    p.add_argument('--out', type=Path, default=HERE / 'results', help='where the raw JSON goes')
+    a = p.parse_args(argv)
+    a.duration = a.duration or (2.0 if a.quick else 5.0)
+    a.warmup = a.warmup if a.warmup is not None else (0.5 if a.quick else 1.0)
+    srv, cli = nb.default_cpus()
+    a.server_cpu = srv if a.server_cpu is None else a.server_cpu
+    a.client_cpu = cli if a.client_cpu is None else a.client_cpu
+    if a.quick and not (a.styles or a.transports or a.sizes or a.conns):
+        a.cases = list(QUICK_CASES)
+    else:
+        a.cases = [(st, tr, sz, c) for tr in (a.transports or TRANSPORTS) for sz in (a.sizes or SIZES)
+                   for c in (a.conns or CONNS) for st in (a.styles or STYLES)]
+    return a
+
+
+def build():
+    env = dict(os.environ, CARGO_TARGET_DIR=str(HERE / 'target'))
+    r = subprocess.run(['cargo', 'build', '--release', '-q', '--manifest-path', str(HERE / 'Cargo.toml')],
+                       env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f'cargo build of bench/echo failed:\n{r.stderr}')
+
+
+def sample(a, case, loop):
+    """One fresh server + one client run: the client's JSON (plus CPU percentages) or {'error'}."""
+    style, transport, size, conns = case
+    path = f'/tmp/ferroloop-echo-{os.getpid()}.sock'
+    where = ['--unix', path] if transport == 'unix' else ['--tcp', '127.0.0.1:0']
+    if loop == CEILING:
+        cmd = [str(RUST_SERVER)] + where
+    else:
+        cmd = [a.python, str(SERVER_PY), '--loop', loop, '--style', style] + where
+    srv = nb.Server(cmd, a.server_cpu)
+    try:
+        line = srv.read_line(30)
+        if not line or not line.startswith('LISTENING '):
+            return {'error': f'server did not start: {srv.error_tail()}'}
+        _, kind, addr = line.split(' ', 2)
+        client = [str(CLIENT), f'--{kind}', addr, '--conns', str(conns), '--size', str(size),
+                  '--warmup', str(a.warmup), '--duration', str(a.duration),
+                  '--server-pid', str(srv.pid), '--timeout', '10']
+        try:
+            r = subprocess.run(client, capture_output=True, text=True, preexec_fn=nb.pin(a.client_cpu),
+                               timeout=a.warmup + a.duration + 60)
+        except subprocess.TimeoutExpired:
+            return {'error': 'client timed out'}
+        try:
+            res = json.loads(r.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            res = {'error': f'client exit {r.returncode}: {(r.stderr.strip() or "no output")[-200:]}'}
+        if not srv.alive():
+            res = {'error': f'server died ({res.get("error", "during the run")}): {srv.error_tail()}'}
+        elif 'error' in res:
+            res['error'] += f' [server stderr: {srv.error_tail()}]'
+        elif res.get('seconds'):
+            res['server_cpu_pct'] = 100 * res['server_cpu_s'] / res['seconds']
+            res['client_cpu_pct'] = 100 * res['client_cpu_s'] / res['seconds']
+        return res
+    finally:
+        srv.stop()
+        if transport == 'unix' and os.path.exists(path):
+            os.unlink(path)
+
+
+def ceiling_case(case):
+    return ('-',) + tuple(case[1:])
+
+
+def collect(a, loops):
+    """Interleaved samples: {(case, loop): [result, ...]}; the case order of the report."""
+    groups = []  # (transport, size, conns) in first-seen order, each with its styles
+    for case in a.cases:
+        if case[1:] not in [g for g, _ in groups]:
+            groups.append((case[1:], []))
+        next(s for g, s in groups if g == case[1:]).append(case)
+    plan = []  # [(case, [loops])] in run and report order
+    for key, cases in groups:
+        plan += [(case, loops) for case in cases]
+        if not a.no_ceiling:
+            plan.append((ceiling_case(cases[0]), [CEILING]))
+    samples = {(case, lp): [] for case, lps in plan for lp in lps}
+    total, done = len(samples) * a.reps, 0
+    for rep in range(a.reps):
+        for case, lps in plan:
+            k = rep % len(lps)
+            for loop in lps[k:] + lps[:k]:  # rotate, so nobody always goes first
+                res = {'loop': loop, 'case': list(case), 'rep': rep, **sample(a, case, loop)}
+                samples[case, loop].append(res)
+                done += 1
+                note = f'{res["req_per_s"]:,.0f} req/s' if 'req_per_s' in res else res['error']
+                nb.progress(f'[{done}/{total}] rep {rep + 1} {"/".join(map(str, case))} {loop}: {note}')
+        if not sys.stderr.isatty():
+            print(f'rep {rep + 1}/{a.reps} done', file=sys.stderr, flush=True)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    return samples, [case for case, _ in plan]
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    if not a.no_build:
+        build()
+    versions, skipped = nb.probe_loops(a.python, a.loops)
+    for loop, why in skipped.items():
+        print(f'skipping {loop}: {why}', file=sys.stderr)
+    loops = [lp for lp in a.loops if lp in versions]
+    if not loops:
+        sys.exit('no usable loop')
+    print(f'{len(a.cases)} cases x {len(loops)} loops x {a.reps} reps, {a.duration:g} s each '
+          f'(+{a.warmup:g} s warm-up); server on CPU {a.server_cpu}, client on CPU {a.client_cpu}',
+          file=sys.stderr)
+    samples, order = collect(a, loops)
+    rows = nb.summarize(samples, order, loops + [CEILING], ceiling_key=lambda c: (ceiling_case(c), CEILING))
+    for r in rows:
+        st, tr, sz, c = r['case']
+        r['case_cells'] = [st if r['loop'] != CEILING else '(plain Rust)', tr, size_label(sz), str(c)]
+    meta = {'date': nb.now_stamp(), 'machine': nb.machine(), 'versions': versions, 'skipped': skipped,
+            'reps': a.reps, 'duration': a.duration, 'warmup': a.warmup,
+            'server_cpu': a.server_cpu, 'client_cpu': a.client_cpu}
+    path = nb.save(a.out, 'echo', {'meta': meta, 'rows': rows,
+                                   'samples': [r for v in samples.values() for r in v]})
+    head, body = nb.table_cells(rows, ['style', 'transport', 'size', 'conns'], ceiling=not a.no_ceiling)
+    chead, cbody = nb.cpu_table_cells(rows, ['style', 'transport', 'size', 'conns'], ceiling=not a.no_ceiling)
+    print(nb.plain_table(head, body, left=5))
+    print('\nServer CPU per request (vs X = X\'s µs/req / this one\'s: above 1 = cheaper than X):\n')
+    print(nb.plain_table(chead, cbody, left=5, note=False))
+    print(f'\nraw: {path}')
+    if a.markdown:
+        m = meta['machine']
+        print(f'\n### Echo benchmark ({meta["date"][:8]})\n')
+        print(f'{m["cpu_model"]}, {m["nproc"]} CPUs, {m["platform"]}; server pinned to CPU {a.server_cpu}, '
+              f'client (bench/echo echo-client) to CPU {a.client_cpu}. Loops: '
+              + ', '.join(f'{k} {v}' for k, v in versions.items())
+              + f'. Median of {a.reps} fresh-process samples of {a.duration:g} s (after {a.warmup:g} s warm-up). '
+              'req/s: request/response round trips per second over all connections (higher is better); '
+              'srv CPU µs/req: server CPU time (user+sys) per request (lower is better); '
+              'vs: ratio of req/s.\n')
+        print(nb.markdown_table(head, body, left=5))
+        print('\nServer CPU per request (vs X = X\'s µs/req / this one\'s: above 1 = cheaper than X):\n')
+        print(nb.markdown_table(chead, cbody, left=5, note=False))
+    failed = [r for r in rows if r['req_per_s'] is None and r['loop'] in ('ferroloop', CEILING)]
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

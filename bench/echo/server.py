@@ -1,0 +1,157 @@
+"""Echo server on a chosen event loop, in uvloop's three benchmark styles (bench/echo/README.md).
+
+    python bench/echo/server.py --loop ferroloop --style protocol --tcp 127.0.0.1:0
+    python bench/echo/server.py --loop uvloop --style sock --unix /tmp/echo.sock [--cpu 0]
+
+Styles (as in uvloop's examples/bench/echoserver.py):
+  sock      loop.sock_accept + one task per connection doing loop.sock_recv / loop.sock_sendall
+  streams   asyncio.start_server (start_unix_server): reader.read + writer.write
+  protocol  loop.create_server (create_unix_server) with a Protocol that writes back in data_received
+
+Prints "LISTENING tcp HOST:PORT" or "LISTENING unix PATH" on stdout when it accepts connections,
+then serves until killed.
+"""
+
+import argparse
+import asyncio
+import os
+import socket
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/: the loop factories
+from scenarios import LOOPS, new_loop  # noqa: E402
+
+RECV_SIZE = 256 * 1024  # bytes asked per read; larger than the largest message (100 KiB)
+STYLES = ('sock', 'streams', 'protocol')
+
+
+def nodelay(sock):
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+# --- sock_recv / sock_sendall ------------------------------------------------------------------
+async def sock_client(loop, client):
+    nodelay(client)
+    with client:
+        while True:
+            data = await loop.sock_recv(client, RECV_SIZE)
+            if not data:
+                break
+            await loop.sock_sendall(client, data)
+
+
+async def sock_server(loop, sock, ready):
+    sock.setblocking(False)
+    ready()
+    tasks = set()  # keep strong references to the connection tasks
+    with sock:
+        while True:
+            client, _ = await loop.sock_accept(sock)
+            task = loop.create_task(sock_client(loop, client))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+
+async def forever(loop, server):
+    """Serve until killed. Not Server.serve_forever(): rloop 0.5 starts serving a second time
+    there and panics (the server is already serving, start_serving=True by default)."""
+    try:
+        await loop.create_future()
+    finally:
+        server.close()
+
+
+# --- streams -----------------------------------------------------------------------------------
+async def streams_client(reader, writer):
+    nodelay(writer.get_extra_info('socket'))
+    while True:
+        data = await reader.read(RECV_SIZE)
+        if not data:
+            break
+        writer.write(data)  # as uvloop's benchmark: no drain (a reply is at most one message)
+    writer.close()
+
+
+async def streams_server(loop, sock, ready):
+    if sock.family == socket.AF_UNIX:
+        server = await asyncio.start_unix_server(streams_client, sock=sock, limit=RECV_SIZE)
+    else:
+        server = await asyncio.start_server(streams_client, sock=sock, limit=RECV_SIZE)
+    ready()
+    await forever(loop, server)
+
+
+# --- Protocol ----------------------------------------------------------------------------------
+class EchoProtocol(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+        nodelay(transport.get_extra_info('socket'))  # asyncio's transports do this already
+
+    def connection_lost(self, exc):
+        self.transport = None
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+
+async def protocol_server(loop, sock, ready):
+    if sock.family == socket.AF_UNIX:
+        server = await loop.create_unix_server(EchoProtocol, sock=sock)
+    else:
+        server = await loop.create_server(EchoProtocol, sock=sock)
+    ready()
+    await forever(loop, server)
+
+
+SERVERS = {'sock': sock_server, 'streams': streams_server, 'protocol': protocol_server}
+
+
+def listening_socket(a):
+    """Bound and listening, so the address (and port 0's real port) is known before the loop runs."""
+    if a.unix:
+        try:
+            os.unlink(a.unix)
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(a.unix)
+        shown = f'unix {a.unix}'
+    else:
+        host, _, port = a.tcp.rpartition(':')
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, int(port)))
+        shown = 'tcp {}:{}'.format(*sock.getsockname())
+    sock.listen(1024)
+    return sock, shown
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--loop', choices=LOOPS, required=True)
+    p.add_argument('--style', choices=STYLES, required=True)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument('--tcp', metavar='HOST:PORT')
+    g.add_argument('--unix', metavar='PATH')
+    p.add_argument('--cpu', type=int, help='pin this process to one CPU')
+    a = p.parse_args(argv)
+    if a.cpu is not None:
+        os.sched_setaffinity(0, {a.cpu})
+    loop = new_loop(a.loop)
+    asyncio.set_event_loop(loop)
+    sock, shown = listening_socket(a)
+
+    def ready():
+        print(f'LISTENING {shown}', flush=True)
+        print(f'loop: {type(loop).__module__}.{type(loop).__qualname__}', file=sys.stderr, flush=True)
+
+    try:
+        loop.run_until_complete(SERVERS[a.style](loop, sock, ready))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == '__main__':
+    main()

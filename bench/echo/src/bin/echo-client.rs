@@ -1,0 +1,288 @@
+//! Request/response echo load client on epoll (one thread).
+//!
+//!     echo-client (--tcp HOST:PORT | --unix PATH) [--conns 32] [--size 1024] [--warmup 1]
+//!                 [--duration 5 | --requests N] [--server-pid PID] [--timeout 10] [--busy-poll]
+//!
+//! Each of `--conns` connections sends a `--size`-byte message, waits until the whole echo is back
+//! (checking every byte: a per-connection pattern with the request number in the first 8 bytes),
+//! then sends the next one. After `--warmup` seconds the counters reset and the measurement runs
+//! for `--duration` seconds (or until `--requests` echoes completed). Prints one JSON line:
+//! requests, seconds, req_per_s, latency percentiles (µs, send start -> last echoed byte),
+//! the client's CPU seconds, and with `--server-pid` the server's CPU seconds (utime + stime from
+//! /proc/PID/stat, read exactly at the window edges) and its CPU µs per request.
+//! `--busy-poll` polls epoll without sleeping (the client's CPU never idles, so waking it is cheap).
+//! On a wrong echo, a closed connection or no progress for `--timeout` s: {"error": ...}, exit 1.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use ferroloop_echo_bench::{json_str, parse_flags, read, set_nodelay, set_nonblocking, write, Addr, Epoll};
+
+const IN: u32 = libc::EPOLLIN as u32;
+const OUT: u32 = libc::EPOLLOUT as u32;
+
+#[allow(dead_code)] // the streams are only kept to own (and finally close) the fds
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+struct Conn {
+    _stream: Stream,
+    fd: RawFd,
+    msg: Vec<u8>,
+    seq: u64,
+    sent: usize,
+    recvd: usize,
+    started: Instant,
+    out_armed: bool,
+}
+
+struct Opts {
+    addr: Addr,
+    conns: usize,
+    size: usize,
+    warmup: f64,
+    duration: f64,
+    requests: Option<u64>,
+    server_pid: Option<u32>,
+    timeout: f64,
+    busy_poll: bool,
+}
+
+fn fail(msg: &str) -> ! {
+    println!("{{\"error\": {}}}", json_str(msg));
+    let _ = std::io::stdout().flush();
+    std::process::exit(1)
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: echo-client (--tcp HOST:PORT | --unix PATH) [--conns N] [--size BYTES] [--warmup S] \
+         [--duration S | --requests N] [--server-pid PID] [--timeout S] [--busy-poll]"
+    );
+    std::process::exit(2)
+}
+
+fn parse() -> Opts {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flags = parse_flags(&args).unwrap_or_else(|e| {
+        eprintln!("{e}");
+        usage()
+    });
+    let mut o = Opts {
+        addr: Addr::Tcp(String::new()),
+        conns: 1,
+        size: 1024,
+        warmup: 1.0,
+        duration: 5.0,
+        requests: None,
+        server_pid: None,
+        timeout: 10.0,
+        busy_poll: false,
+    };
+    let mut have_addr = false;
+    for (k, v) in flags {
+        let num = |v: &str| v.parse::<f64>().unwrap_or_else(|_| usage());
+        match k.as_str() {
+            "tcp" => (o.addr, have_addr) = (Addr::Tcp(v), true),
+            "unix" => (o.addr, have_addr) = (Addr::Unix(v), true),
+            "conns" => o.conns = num(&v) as usize,
+            "size" => o.size = num(&v) as usize,
+            "warmup" => o.warmup = num(&v),
+            "duration" => o.duration = num(&v),
+            "requests" => o.requests = Some(num(&v) as u64),
+            "server-pid" => o.server_pid = Some(num(&v) as u32),
+            "timeout" => o.timeout = num(&v),
+            "busy-poll" => o.busy_poll = v != "0",
+            _ => usage(),
+        }
+    }
+    if !have_addr || o.conns == 0 || o.size == 0 {
+        usage()
+    }
+    o
+}
+
+/// utime + stime of a process (all its threads) in seconds.
+fn proc_cpu(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // after the ")": field 3 (state) is f[0], so utime (14) is f[11], stime (15) is f[12]
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
+}
+
+fn self_cpu() -> f64 {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+fn connect(addr: &Addr) -> (Stream, RawFd) {
+    match addr {
+        Addr::Tcp(a) => {
+            let s = TcpStream::connect(a).unwrap_or_else(|e| fail(&format!("connect {a}: {e}")));
+            let fd = s.as_raw_fd();
+            set_nodelay(fd).unwrap();
+            (Stream::Tcp(s), fd)
+        }
+        Addr::Unix(p) => {
+            let s = UnixStream::connect(p).unwrap_or_else(|e| fail(&format!("connect {p}: {e}")));
+            let fd = s.as_raw_fd();
+            (Stream::Unix(s), fd)
+        }
+    }
+}
+
+/// Byte j of connection i's message (the first 8 bytes are overwritten by the request number).
+fn pattern(i: usize, j: usize) -> u8 {
+    (j.wrapping_mul(31) ^ i.wrapping_mul(97) ^ (j >> 8)) as u8
+}
+
+fn stamp(c: &mut Conn) {
+    let seq = c.seq.to_le_bytes();
+    let k = c.msg.len().min(8);
+    c.msg[..k].copy_from_slice(&seq[..k]);
+}
+
+/// Starts (or continues) sending the current message; arms EPOLLOUT while bytes remain.
+fn pump(ep: &Epoll, c: &mut Conn, token: u64) {
+    if c.sent < c.msg.len() {
+        match write(c.fd, &c.msg[c.sent..]) {
+            Ok(n) => c.sent += n,
+            Err(e) => fail(&format!("send: {e}")),
+        }
+    }
+    let want_out = c.sent < c.msg.len();
+    if want_out != c.out_armed {
+        ep.modify(c.fd, if want_out { IN | OUT } else { IN }, token).unwrap();
+        c.out_armed = want_out;
+    }
+}
+
+fn main() {
+    let o = parse();
+    let mut ep = Epoll::new(1024).unwrap();
+    let mut conns: Vec<Conn> = (0..o.conns)
+        .map(|i| {
+            let (stream, fd) = connect(&o.addr);
+            set_nonblocking(fd).unwrap();
+            Conn {
+                _stream: stream,
+                fd,
+                msg: (0..o.size).map(|j| pattern(i, j)).collect(),
+                seq: 0,
+                sent: 0,
+                recvd: 0,
+                started: Instant::now(),
+                out_armed: false,
+            }
+        })
+        .collect();
+    for (i, c) in conns.iter_mut().enumerate() {
+        ep.add(c.fd, IN, i as u64).unwrap();
+    }
+    let mut buf = vec![0u8; 256 * 1024];
+
+    let t0 = Instant::now();
+    let warm_end = t0 + Duration::from_secs_f64(o.warmup);
+    let mut measuring = o.warmup <= 0.0;
+    let mut m_start = t0;
+    let mut m_end = t0 + Duration::from_secs_f64(o.duration);
+    let (mut srv0, mut cli0) = (o.server_pid.and_then(proc_cpu), self_cpu());
+    let mut done: u64 = 0;
+    let mut lat_ns: Vec<u64> = Vec::with_capacity(1 << 20);
+    let mut last_progress = t0;
+    let stall = Duration::from_secs_f64(o.timeout);
+
+    for (i, c) in conns.iter_mut().enumerate() {
+        stamp(c);
+        c.started = Instant::now();
+        pump(&ep, c, i as u64);
+    }
+
+    loop {
+        let events = ep.wait(if o.busy_poll { 0 } else { 100 }).unwrap_or_else(|e| fail(&format!("epoll_wait: {e}")));
+        for (ev, token) in events {
+            let i = token as usize;
+            let c = &mut conns[i];
+            if ev & OUT != 0 {
+                pump(&ep, c, token);
+            }
+            if ev & (IN | libc::EPOLLHUP as u32 | libc::EPOLLERR as u32) == 0 {
+                continue;
+            }
+            loop {
+                let want = c.msg.len() - c.recvd;
+                let n = match read(c.fd, &mut buf) {
+                    Ok(Some(0)) => fail(&format!("connection {i}: server closed the connection")),
+                    Ok(Some(n)) => n,
+                    Ok(None) => break,
+                    Err(e) => fail(&format!("connection {i}: recv: {e}")),
+                };
+                if n > want || n > c.sent - c.recvd {
+                    fail(&format!("connection {i}: {n} bytes received but only {} expected", want.min(c.sent - c.recvd)));
+                }
+                if buf[..n] != c.msg[c.recvd..c.recvd + n] {
+                    let off = (0..n).find(|&k| buf[k] != c.msg[c.recvd + k]).unwrap();
+                    fail(&format!("connection {i}: wrong echo at byte {} of request {}", c.recvd + off, c.seq));
+                }
+                c.recvd += n;
+                if c.recvd == c.msg.len() {
+                    let now = Instant::now();
+                    last_progress = now;
+                    if measuring {
+                        done += 1;
+                        lat_ns.push((now - c.started).as_nanos() as u64);
+                    }
+                    c.seq += 1;
+                    stamp(c);
+                    c.sent = 0;
+                    c.recvd = 0;
+                    c.started = now;
+                    pump(&ep, c, token);
+                }
+            }
+        }
+        let now = Instant::now();
+        if !measuring && now >= warm_end {
+            measuring = true;
+            (srv0, cli0) = (o.server_pid.and_then(proc_cpu), self_cpu());
+            m_start = Instant::now();
+            m_end = m_start + Duration::from_secs_f64(o.duration);
+        } else if measuring && (o.requests.map_or(now >= m_end, |r| done >= r)) {
+            break;
+        }
+        if now - last_progress > stall {
+            fail(&format!("no echo completed for {:.0} s", o.timeout));
+        }
+    }
+    let (srv1, cli1) = (o.server_pid.and_then(proc_cpu), self_cpu());
+    let secs = m_start.elapsed().as_secs_f64();
+    lat_ns.sort_unstable();
+    let pct = |p: f64| {
+        if lat_ns.is_empty() {
+            0.0
+        } else {
+            lat_ns[((lat_ns.len() as f64 * p) as usize).min(lat_ns.len() - 1)] as f64 / 1e3
+        }
+    };
+    let mean = if lat_ns.is_empty() { 0.0 } else { lat_ns.iter().sum::<u64>() as f64 / lat_ns.len() as f64 / 1e3 };
+    let mut out = format!(
+        "{{\"conns\": {}, \"size\": {}, \"requests\": {}, \"seconds\": {:.6}, \"req_per_s\": {:.1}, \
+         \"p50_us\": {:.1}, \"p99_us\": {:.1}, \"mean_us\": {:.1}, \"client_cpu_s\": {:.4}",
+        o.conns, o.size, done, secs, done as f64 / secs, pct(0.50), pct(0.99), mean, cli1 - cli0
+    );
+    if let (Some(a), Some(b)) = (srv0, srv1) {
+        let per = if done > 0 { (b - a) / done as f64 * 1e6 } else { 0.0 };
+        out += &format!(", \"server_cpu_s\": {:.4}, \"server_cpu_us_per_req\": {:.3}", b - a, per);
+    }
+    out += "}";
+    println!("{out}");
+}
