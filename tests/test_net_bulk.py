@@ -3,20 +3,15 @@ at once), checked by hash; >= 5,000 concurrent connections to one server, every 
 
 import asyncio
 import functools
-import gc
 import hashlib
-import os
 import resource
 import time
 
 import pytest
 
+from netutil import Harness, open_fds
+
 MiB = 1 << 20
-
-
-def open_fds():
-    return sorted(int(x) for x in os.listdir('/proc/self/fd'))
-
 
 @functools.lru_cache(maxsize=None)
 def base_block(seed):
@@ -34,23 +29,6 @@ def expected_digest(seed, n):
     for i in range(n):
         h.update(chunk(seed, i))
     return h.hexdigest()
-
-
-class Harness:
-    def __init__(self, loop):
-        self.loop = loop
-        self.errors = []
-        loop.set_exception_handler(lambda lp, ctx: self.errors.append(ctx))
-        loop.run_until_complete(asyncio.sleep(0))
-        gc.collect()
-        self.fds_before = open_fds()
-
-    def finish(self):
-        for _ in range(5):
-            self.loop.run_until_complete(asyncio.sleep(0))
-        assert self.errors == []
-        assert open_fds() == self.fds_before
-
 
 # -- 2. large transfers --------------------------------------------------------------------------
 

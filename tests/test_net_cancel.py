@@ -3,21 +3,17 @@ fd has no reader/writer left in the loop, and no data is lost (the next operatio
 
 import asyncio
 import gc
-import os
 import socket
 import threading
 
 import pytest
 
+from netutil import open_fds
+
 
 def fd_registered(loop, fd):
     # iterate: asyncio's selector mapping raises ValueError on `-1 in mapping`
     return fd in set(loop._selector.get_map())
-
-
-def open_fds():
-    return sorted(int(x) for x in os.listdir('/proc/self/fd'))
-
 
 async def start_pending(loop, coro, fd):
     """Start coro as a task, let it block; check it registered fd; return the task."""

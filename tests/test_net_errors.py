@@ -2,7 +2,6 @@
 out of file descriptors (in a subprocess, so the RLIMIT_NOFILE change stays there)."""
 
 import asyncio
-import gc
 import json
 import os
 import socket
@@ -11,29 +10,10 @@ import threading
 
 import pytest
 
+from netutil import Harness, open_fds
 from conftest import run_script
 
 MiB = 1 << 20
-
-
-def open_fds():
-    return sorted(int(x) for x in os.listdir('/proc/self/fd'))
-
-
-class Harness:
-    def __init__(self, loop):
-        self.loop = loop
-        self.errors = []
-        loop.set_exception_handler(lambda lp, ctx: self.errors.append(ctx))
-        loop.run_until_complete(asyncio.sleep(0))
-        gc.collect()
-        self.fds_before = open_fds()
-
-    def finish(self):
-        for _ in range(5):
-            self.loop.run_until_complete(asyncio.sleep(0))
-        assert open_fds() == self.fds_before
-
 
 # -- 4. connection reset mid-write ---------------------------------------------------------------
 

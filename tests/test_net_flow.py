@@ -6,21 +6,17 @@ Every test: exact bytes in order, exact protocol call sequences, no call of the 
 handler, and the process's open fds back to what they were."""
 
 import asyncio
-import gc
 import hashlib
-import os
 import socket
 
 import pytest
+
+from netutil import Harness, fd_details, open_fds
 
 FAMILIES = ['tcp', 'unix']
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-def open_fds():
-    return sorted(int(x) for x in os.listdir('/proc/self/fd'))
-
 
 def pattern(n, seed=0):
     """n deterministic bytes in which any reordering or loss of a chunk shows."""
@@ -30,36 +26,6 @@ def pattern(n, seed=0):
         out += hashlib.sha256(b'%d:%d' % (seed, i)).digest() * 64   # 2 KiB blocks
         i += 1
     return bytes(out[:n])
-
-
-def fd_details(before):
-    out = []
-    for fd in sorted(set(open_fds()) ^ set(before)):
-        try:
-            out.append((fd, os.readlink(f'/proc/self/fd/{fd}')))
-        except OSError:
-            out.append((fd, 'closed'))
-    return out
-
-
-class Harness:
-    """Exception-handler capture and fd accounting for one loop."""
-
-    def __init__(self, loop):
-        self.loop = loop
-        self.errors = []
-        loop.set_exception_handler(lambda lp, ctx: self.errors.append(ctx))
-        loop.run_until_complete(asyncio.sleep(0))
-        gc.collect()
-        self.fds_before = open_fds()
-
-    def finish(self):
-        for _ in range(5):
-            self.loop.run_until_complete(asyncio.sleep(0))
-        assert self.errors == []
-        # everything must have been closed explicitly, not by the garbage collector
-        assert open_fds() == self.fds_before, fd_details(self.fds_before)
-
 
 class Recorder(asyncio.Protocol):
     """Records the protocol calls; consecutive data_received calls are recorded once as 'data'."""

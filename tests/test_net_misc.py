@@ -9,12 +9,9 @@ import sys
 
 import pytest
 
+from netutil import Harness, open_fds
+
 MiB = 1 << 20
-
-
-def open_fds():
-    return sorted(int(x) for x in os.listdir('/proc/self/fd'))
-
 
 def fd_names(fds):
     out = {}
@@ -24,23 +21,6 @@ def fd_names(fds):
         except OSError:
             pass    # the fd of the listdir() that found it
     return out
-
-
-class Harness:
-    def __init__(self, loop):
-        self.loop = loop
-        self.errors = []
-        loop.set_exception_handler(lambda lp, ctx: self.errors.append(ctx))
-        loop.run_until_complete(asyncio.sleep(0))
-        gc.collect()
-        self.fds_before = open_fds()
-
-    def finish(self):
-        for _ in range(5):
-            self.loop.run_until_complete(asyncio.sleep(0))
-        assert self.errors == []
-        assert open_fds() == self.fds_before
-
 
 # -- UDP -----------------------------------------------------------------------------------------
 
