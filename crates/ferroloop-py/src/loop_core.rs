@@ -153,11 +153,6 @@ fn deadline(py: Python<'_>, now: f64, delay: &Bound<'_, PyAny>) -> PyResult<f64>
     PyFloat::new(py, now).add(delay)?.extract::<f64>()
 }
 
-fn seconds(py: Python<'_>, when: &Bound<'_, PyAny>) -> PyResult<f64> {
-    let _ = py;
-    when.extract::<f64>()
-}
-
 #[pymethods]
 impl LoopCore {
     #[new]
@@ -284,7 +279,8 @@ impl LoopCore {
         if when.is_none() {
             return Err(PyTypeError::new_err("when cannot be None"));
         }
-        let when = seconds(slf.py(), when)?;
+        // Not a real number: TypeError at once (asyncio would fail later, inside the loop).
+        let when = when.extract::<f64>()?;
         Self::schedule_at(slf, when, callback, args, context)
     }
 
