@@ -519,3 +519,22 @@ def test_sleep_zero_and_gather(loop):
 
     assert loop.run_until_complete(main()) == ['a', 'b']
     assert order == [('a', 0), ('b', 0), ('a', 1), ('b', 1), ('a', 2)]
+
+
+def test_subclass_overrides_of_hot_methods_are_used(loop):
+    # ferroloop binds some methods on the instance for speed; a subclass override must win.
+    class Sub(type(loop)):
+        def time(self):
+            return 42.0
+
+        def create_future(self):
+            fut = super().create_future()
+            fut.made_by_sub = True
+            return fut
+
+    sub = Sub()
+    try:
+        assert sub.time() == 42.0
+        assert sub.create_future().made_by_sub
+    finally:
+        sub.close()

@@ -32,6 +32,10 @@ __all__ = ('Loop',)
 
 _Base = _be.BaseEventLoop
 
+# Rust methods bound once per loop, in the instance dict (see Loop.__init__).
+_PREBOUND = ('call_soon', 'call_later', 'call_at', 'time', 'create_future', 'create_task',
+             'get_debug')
+
 # Borrowed from asyncio.base_events.BaseEventLoop, see the module docstring.
 _BORROWED = (
     '__repr__',
@@ -89,10 +93,14 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
         self._transports = weakref.WeakValueDictionary()
         self._signal_handlers = {}
         self._unix_server_sockets = {}  # 3.13's create_unix_server(cleanup_socket=True)
-        # The C Task looks up loop.call_soon on every step; an instance attribute is found
-        # without binding a new method object each time. Only when not overridden by a subclass.
-        if type(self).call_soon is Loop.call_soon:
-            self.call_soon = _ferroloop.LoopCore.call_soon.__get__(self)
+        # Methods asyncio's C Task/Future and sleep()/timeouts look up on every use: an instance
+        # attribute is found without binding a new method object each time. Only for those a
+        # subclass does not override.
+        cls = type(self)
+        for name in _PREBOUND:
+            method = getattr(_ferroloop.LoopCore, name)
+            if getattr(cls, name) is method:
+                self.__dict__[name] = method.__get__(self)
 
     # -- running ---------------------------------------------------------------------------------
 
