@@ -3,8 +3,8 @@
 The hot paths — call_soon/call_later/call_at/call_soon_threadsafe, handles, the iteration itself —
 are Rust (`_ferroloop.LoopCore`). Methods that are pure policy and never on a hot path
 (run_until_complete, the exception handler, executors, async generator hooks, task factory, debug
-switches, DNS through the executor) are the stdlib's own functions from
-``asyncio.base_events.BaseEventLoop``, bound to this class: they then behave exactly as the
+switches, DNS through the executor), and in this phase all of networking, are the stdlib's own
+functions from asyncio's Unix selector loop, set on this class (``_borrow_selector_loop``): they then behave exactly as the
 running interpreter's asyncio, version by version, because they *are* that code. They rely only
 on the attributes that BaseEventLoop.__init__ sets, which Loop.__init__ sets too (the Rust core
 provides ``_closed``, ``_stopping``, ``_debug`` and ``slow_callback_duration`` as properties).
@@ -35,36 +35,6 @@ _Base = _be.BaseEventLoop
 # Rust methods bound once per loop, in the instance dict (see Loop.__init__).
 _PREBOUND = ('call_soon', 'call_later', 'call_at', 'time', 'create_future', 'create_task',
              'get_debug')
-
-# Borrowed from asyncio.base_events.BaseEventLoop, see the module docstring.
-_BORROWED = (
-    '__repr__',
-    'run_until_complete',
-    'set_task_factory',
-    'get_task_factory',
-    'is_running',
-    '_check_running',
-    '_check_thread',
-    '_check_callback',
-    '_check_default_executor',
-    '_asyncgen_finalizer_hook',
-    '_asyncgen_firstiter_hook',
-    'shutdown_asyncgens',
-    'shutdown_default_executor',
-    '_do_shutdown',
-    'run_in_executor',
-    'set_default_executor',
-    '_getaddrinfo_debug',
-    'getaddrinfo',
-    'getnameinfo',
-    'get_exception_handler',
-    'set_exception_handler',
-    'default_exception_handler',
-    'call_exception_handler',
-    'set_debug',
-    '_set_coroutine_origin_tracking',
-)
-
 
 class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
     """An asyncio event loop implemented in Rust."""
@@ -280,11 +250,11 @@ class _SelectorView:
         return {fd: self.get_key(fd) for fd in loop._io_fds()}
 
 
-# Networking — sockets, transports, servers, pipes, subprocesses, sendfile, TLS through
-# asyncio.sslproto — is asyncio's selector-loop code (BaseSelectorEventLoop and the Unix loop),
-# running on ferroloop's Rust readiness core: every method of _UnixSelectorEventLoop's classes that
-# Loop does not define itself is set on Loop, except the selector-loop plumbing that the Rust core
-# replaces. See docs/architecture.md.
+# Every method of asyncio's Unix selector loop (BaseEventLoop, BaseSelectorEventLoop,
+# _UnixSelectorEventLoop) that Loop and LoopCore do not define themselves is set on Loop, except the
+# selector-loop plumbing that the Rust core replaces: the policy methods (see the module docstring)
+# and all networking — sockets, transports, servers, pipes, subprocesses, sendfile, TLS through
+# asyncio.sslproto — running on ferroloop's Rust readiness core. See docs/architecture.md.
 _NOT_BORROWED = frozenset({
     '__init__', '__del__', '__repr__', 'close', 'run_forever',
     '_make_self_pipe', '_close_self_pipe', '_read_from_self', '_process_self_data',
@@ -312,10 +282,5 @@ def _borrow_selector_loop(cls):
                 setattr(cls, name, value)
 
 
-for _name in _BORROWED:
-    setattr(Loop, _name, getattr(_Base, _name))
+Loop.__repr__ = _Base.__repr__  # dunders are not copied wholesale
 _borrow_selector_loop(Loop)
-# From asyncio's Unix loop: argument checks and removal are pure signal-module logic.
-for _name in ('_check_signal', 'remove_signal_handler'):
-    setattr(Loop, _name, getattr(_unix_events._UnixSelectorEventLoop, _name))
-del _name
