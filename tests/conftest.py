@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import os
 import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -107,6 +108,17 @@ def loop(flavor):
 def other_flavor(flavor):
     """The other implementation (for cross-implementation interplay tests)."""
     return make_flavor('ferroloop' if flavor.name == 'asyncio' else 'asyncio')
+
+
+@pytest.fixture
+def pair():
+    """A connected pair of non-blocking Unix stream sockets, closed afterwards."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
 
 
 # -- helpers ------------------------------------------------------------------------------------

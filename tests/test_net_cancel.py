@@ -38,16 +38,6 @@ async def cancel_and_check(loop, task, fd):
     assert not fd_registered(loop, fd)
 
 
-@pytest.fixture
-def pair():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
 def test_cancel_sock_recv(loop, pair):
     a, b = pair
 

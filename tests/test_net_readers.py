@@ -44,16 +44,6 @@ def run_iterations(loop, n):
     loop.run_until_complete(spin())
 
 
-@pytest.fixture
-def pair():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
 # -- level-triggered dispatch --------------------------------------------------------------------
 
 def test_reader_level_triggered_partial_reads(loop, pair):
