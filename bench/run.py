@@ -12,7 +12,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -21,6 +20,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from scenarios import LOOPS, SCENARIOS  # noqa: E402
+
+sys.path.insert(0, str(HERE / 'echo'))
+from netbench import machine  # noqa: E402  (one description of the machine for every bench)
 
 WORKER = str(HERE / 'scenarios.py')
 BASELINES = ('asyncio', 'uvloop', 'rloop')  # the ratio columns: loop / baseline
@@ -183,19 +185,6 @@ def plain_table(head, body):
 def markdown_table(head, body):
     out = ['| ' + ' | '.join(head) + ' |', '|' + '|'.join(['---'] * 2 + ['---:'] * (len(head) - 2)) + '|']
     return '\n'.join(out + ['| ' + ' | '.join(c) + ' |' for c in body])
-
-
-def machine():
-    model = ''
-    try:
-        for line in open('/proc/cpuinfo'):
-            if line.startswith('model name'):
-                model = line.split(':', 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {'nproc': os.cpu_count(), 'cpu_model': model or platform.processor(),
-            'platform': platform.platform()}
 
 
 def pinning(cpu):
