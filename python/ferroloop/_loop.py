@@ -27,6 +27,7 @@ from asyncio import events as _events
 from asyncio import unix_events as _unix_events
 
 from . import _ferroloop
+from . import _transports
 
 __all__ = ('Loop',)
 
@@ -215,6 +216,10 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
                 except OSError as err:
                     _be.logger.error('Unable to clean up listening UNIX socket '
                                      '%r: %r', path, err)
+
+    # Socket transports whose per-message path is Rust (ferroloop/_transports.py).
+    _make_socket_transport = _transports.make_socket_transport
+    _make_ssl_transport = _transports.make_ssl_transport
 
     def __del__(self, _warn=warnings.warn):
         if not self.is_closed():

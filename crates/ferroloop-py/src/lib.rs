@@ -8,6 +8,8 @@
 //!   flags, and the entry points of the run loop.
 //! - [`io`]        — readers and writers (`_add_reader` …) and dispatching poller events.
 //! - [`iteration`] — one loop iteration (`_run_once`): timers, polling, running the ready batch.
+//! - [`transport`] — `SocketPump`: the per-message path of socket transports (read →
+//!   `data_received`, `write` straight to the socket); asyncio's transport class does the rest.
 //! - [`helpers`]   — the Python helpers (in `ferroloop._handles`) used on slow paths, so error
 //!   messages and reprs are asyncio's own.
 //!
@@ -22,6 +24,7 @@ mod helpers;
 mod io;
 mod iteration;
 mod loop_core;
+mod transport;
 
 #[pymodule]
 fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -37,5 +40,6 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handle::Handle>()?;
     m.add_class::<handle::TimerHandle>()?;
     m.add_class::<loop_core::LoopCore>()?;
+    m.add_class::<transport::SocketPump>()?;
     Ok(())
 }

@@ -1,0 +1,61 @@
+"""Socket transports: asyncio's own ``_SelectorSocketTransport`` with its per-message path in Rust.
+
+The class below *is* asyncio's transport (a subclass, with the same name so reprs match): every
+state change, buffer, flow-control call, close and error path is the running interpreter's code.
+Only two attributes are replaced on each instance by a ``_ferroloop.SocketPump``:
+
+- ``_read_ready`` (the reader callback): ``recv`` and ``protocol.data_received`` in Rust for a
+  plain Protocol; a BufferedProtocol keeps asyncio's ``get_buffer`` path;
+- ``write``: sent straight to the socket when asyncio would do the same (nothing buffered, the
+  socket takes all of it); anything else goes to asyncio's ``write``.
+
+``make_socket_transport`` and ``make_ssl_transport`` are asyncio's own
+``_make_socket_transport``/``_make_ssl_transport`` functions re-bound to globals that name this
+class, so they build this transport with exactly the stdlib's steps for the running version.
+"""
+
+import types
+from asyncio import protocols as _protocols
+from asyncio import selector_events as _selector_events
+
+from . import _ferroloop
+
+__all__ = ('make_socket_transport', 'make_ssl_transport')
+
+_Base = _selector_events._SelectorSocketTransport
+
+
+class _SelectorSocketTransport(_Base):
+    __slots__ = ()  # the base classes' instances have a __dict__ already
+
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+        # Before the base __init__: it calls set_protocol and schedules _add_reader(_read_ready).
+        pump = _ferroloop.SocketPump(self, sock.fileno(), self.max_size, _Base.write)
+        self._read_ready = pump
+        self.write = pump.write
+        super().__init__(loop, sock, protocol, waiter, extra, server)
+
+    def set_protocol(self, protocol):
+        super().set_protocol(protocol)
+        self._read_ready.native = not isinstance(protocol, _protocols.BufferedProtocol)
+
+    def close(self):
+        # asyncio drops _read_ready_cb here; the pump must stop reading natively with it.
+        self._read_ready.native = False
+        super().close()
+
+
+def _rebind(func):
+    """``func`` with module globals in which ``_SelectorSocketTransport`` is the class above."""
+    glob = dict(func.__globals__, _SelectorSocketTransport=_SelectorSocketTransport)
+    new = types.FunctionType(func.__code__, glob, func.__name__, func.__defaults__,
+                             func.__closure__)
+    new.__kwdefaults__ = func.__kwdefaults__
+    new.__qualname__ = func.__qualname__
+    new.__doc__ = func.__doc__
+    return new
+
+
+_Loop = _selector_events.BaseSelectorEventLoop
+make_socket_transport = _rebind(_Loop._make_socket_transport)
+make_ssl_transport = _rebind(_Loop._make_ssl_transport)
