@@ -490,3 +490,59 @@ def test_all_ready_fds_dispatched_in_one_iteration(loop):
         for a, b in pairs:
             a.close()
             b.close()
+
+
+def test_removed_reader_stays_silent_and_re_adding_works(loop, pair):
+    """After remove_reader, data arriving runs nothing (ferroloop keeps the epoll registration
+    parked, not deleted); adding a reader again sees the data already waiting."""
+    a, b = pair
+    calls = []
+    loop.add_reader(a, calls.append, 'first')
+    loop.remove_reader(a)
+    b.send(b'x')
+    run_iterations(loop, 3)
+    assert calls == []
+    loop.add_reader(a, calls.append, 'second')
+    run_iterations(loop, 1)
+    assert calls and set(calls) == {'second'}
+    loop.remove_reader(a)
+
+
+@pytest.mark.parametrize('dup', [False, True], ids=['plain', 'dup-kept-open'])
+def test_reader_on_reused_fd_number(loop, dup):
+    """remove_reader, close, and a new socket that gets the same fd number: its reader works.
+    With a dup of the old socket still open (the kernel keeps the old registration), the old
+    socket's activity must not make the loop spin or hide the new socket's data."""
+    old_a, old_b = socket.socketpair()
+    fd = old_a.fileno()
+    calls = []
+    loop.add_reader(fd, calls.append, 'old')
+    loop.remove_reader(fd)
+    keep = os.dup(fd) if dup else None
+    old_a.close()
+    new_a, new_b = socket.socketpair()
+    try:
+        if new_a.fileno() != fd:
+            pytest.skip('the kernel did not reuse the fd number')
+        new_a.setblocking(False)
+        got = []
+
+        def on_new():
+            try:
+                got.append(new_a.recv(100))
+            except BlockingIOError:   # a spurious wake-up is allowed, a lost byte is not
+                pass
+
+        loop.add_reader(new_a, on_new)
+        if dup:
+            old_b.send(b'to the old socket')   # readable on the dup only
+        new_b.send(b'to the new socket')
+        run_iterations(loop, 5)
+        assert got == [b'to the new socket']
+        assert calls == []
+        loop.remove_reader(new_a)
+    finally:
+        for s in (old_b, new_a, new_b):
+            s.close()
+        if keep is not None:
+            os.close(keep)

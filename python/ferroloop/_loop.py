@@ -25,6 +25,7 @@ from asyncio import selector_events as _selector_events
 from asyncio import coroutines as _coroutines
 from asyncio import events as _events
 from asyncio import unix_events as _unix_events
+from asyncio.futures import isfuture as _isfuture
 
 from . import _ferroloop
 from . import _transports
@@ -216,6 +217,22 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
                 except OSError as err:
                     _be.logger.error('Unable to clean up listening UNIX socket '
                                      '%r: %r', path, err)
+
+    # sock_recv / sock_sendall: the attempt, the wait and the clean-up are Rust (sockops.rs);
+    # only the coroutine is Python.
+    async def sock_recv(self, sock, n):
+        data = _ferroloop.sock_recv(self, sock, n)
+        if data.__class__ is bytes or not _isfuture(data):
+            return data
+        return await data
+
+    async def sock_sendall(self, sock, data):
+        fut = _ferroloop.sock_sendall(self, sock, data)
+        if fut is not None:
+            return await fut
+
+    sock_recv.__doc__ = _selector_events.BaseSelectorEventLoop.sock_recv.__doc__
+    sock_sendall.__doc__ = _selector_events.BaseSelectorEventLoop.sock_sendall.__doc__
 
     # Socket transports whose per-message path is Rust (ferroloop/_transports.py).
     _make_socket_transport = _transports.make_socket_transport

@@ -6,8 +6,9 @@ Only two attributes are replaced on each instance by a ``_ferroloop.SocketPump``
 
 - ``_read_ready`` (the reader callback): ``recv`` and ``protocol.data_received`` in Rust for a
   plain Protocol; a BufferedProtocol keeps asyncio's ``get_buffer`` path;
-- ``write``: sent straight to the socket when asyncio would do the same (nothing buffered, the
-  socket takes all of it); anything else goes to asyncio's ``write``.
+- ``write``: sent straight to the socket when asyncio would send at once (nothing buffered, no
+  EOF, no sendfile, connection alive); the rest of a partial send is buffered by ``_write_rest``
+  (asyncio's own steps); anything else goes to asyncio's ``write``.
 
 ``make_socket_transport`` and ``make_ssl_transport`` are asyncio's own
 ``_make_socket_transport``/``_make_ssl_transport`` functions re-bound to globals that name this
@@ -38,6 +39,18 @@ class _SelectorSocketTransport(_Base):
     def set_protocol(self, protocol):
         super().set_protocol(protocol)
         self._read_ready.native = not isinstance(protocol, _protocols.BufferedProtocol)
+
+    def _write_rest(self, data, n):
+        # The end of asyncio's write() after `n = self._sock.send(data)` took n < len(data) bytes
+        # (n = 0: EAGAIN), for the send the Rust fast path made.
+        if n:
+            data = memoryview(data)[n:]
+        self._loop._add_writer(self._sock_fd, self._write_ready)
+        if isinstance(self._buffer, bytearray):   # 3.11: one bytearray
+            self._buffer.extend(data)
+        else:                                     # 3.12+: a deque of buffers for sendmsg
+            self._buffer.append(data)
+        self._maybe_pause_protocol()
 
     def close(self):
         # asyncio drops _read_ready_cb here; the pump must stop reading natively with it.

@@ -116,4 +116,35 @@ mod tests {
         tokens.sort();
         assert_eq!(tokens, (0..300).collect::<Vec<_>>());
     }
+
+    #[test]
+    fn parked_registration_is_silent_and_revives() {
+        let sel = Selector::new().unwrap();
+        let (mut a, b) = UnixStream::pair().unwrap();
+        sel.register(b.as_raw_fd(), 9, Interest::READ).unwrap();
+        sel.park(b.as_raw_fd(), 9).unwrap();
+        a.write_all(b"x").unwrap();
+        let mut ev = vec![];
+        sel.select(&mut ev, 0, 8).unwrap();
+        assert!(ev.is_empty(), "a parked fd reports no readiness: {ev:?}");
+        sel.reregister(b.as_raw_fd(), 9, Interest::READ).unwrap();
+        sel.select(&mut ev, 0, 8).unwrap();
+        assert_eq!(ev.len(), 1, "revived: the pending data is reported at once");
+    }
+
+    #[test]
+    fn reviving_a_closed_and_reused_fd_fails_with_enoent() {
+        let sel = Selector::new().unwrap();
+        let (_a, b) = UnixStream::pair().unwrap();
+        let fd = b.as_raw_fd();
+        sel.register(fd, 1, Interest::READ).unwrap();
+        sel.park(fd, 1).unwrap();
+        drop(b); // the kernel drops the registration of the closed file
+        let (_c, d) = UnixStream::pair().unwrap();
+        if d.as_raw_fd() == fd {
+            let err = sel.reregister(fd, 1, Interest::READ).unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+            sel.register(fd, 1, Interest::READ).unwrap();
+        }
+    }
 }

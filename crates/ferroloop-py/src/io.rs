@@ -65,8 +65,15 @@ fn apply(loop_: &LoopCore, fd: RawFd, op: PollerOp) -> std::io::Result<()> {
             r => r,
         },
         PollerOp::Modify(i) => loop_.selector.reregister(fd, fd as u64, i),
+        // Parked earlier (core::io_registry): the kernel may have dropped it since (closed fd).
+        PollerOp::Revive(i) => match loop_.selector.reregister(fd, fd as u64, i) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                apply(loop_, fd, PollerOp::Register(i))
+            }
+            r => r,
+        },
         // Like selectors.EpollSelector: the fd may have been closed since it was registered.
-        PollerOp::Deregister => loop_.selector.deregister(fd).or(Ok(())),
+        PollerOp::Park => loop_.selector.park(fd, fd as u64).or(Ok(())),
         PollerOp::None => Ok(()),
     }
 }

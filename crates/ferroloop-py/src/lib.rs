@@ -10,6 +10,8 @@
 //! - [`iteration`] — one loop iteration (`_run_once`): timers, polling, running the ready batch.
 //! - [`transport`] — `SocketPump`: the per-message path of socket transports (read →
 //!   `data_received`, `write` straight to the socket); asyncio's transport class does the rest.
+//! - [`sockio`]    — recv/send with the `socket` module's results and errors.
+//! - [`sockops`]   — `sock_recv`/`sock_sendall`: the attempt, the wait and the clean-up.
 //! - [`helpers`]   — the Python helpers (in `ferroloop._handles`) used on slow paths, so error
 //!   messages and reprs are asyncio's own.
 //!
@@ -24,6 +26,8 @@ mod helpers;
 mod io;
 mod iteration;
 mod loop_core;
+mod sockio;
+mod sockops;
 mod transport;
 
 #[pymodule]
@@ -41,5 +45,8 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handle::TimerHandle>()?;
     m.add_class::<loop_core::LoopCore>()?;
     m.add_class::<transport::SocketPump>()?;
+    m.add_class::<sockops::SockOp>()?;
+    m.add_function(wrap_pyfunction!(sockops::sock_recv, m)?)?;
+    m.add_function(wrap_pyfunction!(sockops::sock_sendall, m)?)?;
     Ok(())
 }

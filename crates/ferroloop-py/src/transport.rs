@@ -11,11 +11,12 @@
 //!   methods). A `BufferedProtocol` keeps asyncio's `get_buffer` path.
 //! - `transport.write(data)` when nothing is buffered and the socket takes all of `data` at once.
 //!   Any other case (bad type, empty data, after `write_eof`, during sendfile, after the connection
-//!   was lost, data already buffered, a partial send or EAGAIN) calls asyncio's `write`, so the
-//!   result and every message are asyncio's. After a partial send only the unsent rest is passed
-//!   on, as asyncio itself buffers `memoryview(data)[n:]`.
+//!   was lost, data already buffered) calls asyncio's `write`, so the result and every message
+//!   are asyncio's. After a partial send or EAGAIN, the transport's `_write_rest` does what
+//!   asyncio's `write` does after its own send: add the writer, buffer the rest, and check the
+//!   high-water mark (no second send: under a racing peer reset it would fail where asyncio's
+//!   single send did not).
 
-use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
@@ -23,20 +24,14 @@ use pyo3::ffi;
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 use pyo3::PyTraverseError;
 
 use crate::gil::GilCell;
+use crate::sockio::{self, Io};
 
 const READ_FAILED: &str = "Fatal read error on socket transport";
 const WRITE_FAILED: &str = "Fatal write error on socket transport";
 const DATA_RECEIVED_FAILED: &str = "Fatal error: protocol.data_received() call failed.";
-
-thread_local! {
-    /// Where `recv` lands before the bytes object is made (as uvloop's loop-wide read buffer):
-    /// one per thread, not one per connection.
-    static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
 
 /// The reader callback and fast `write` of one socket transport (see the module docs).
 #[pyclass(module = "ferroloop._ferroloop", frozen)]
@@ -49,14 +44,6 @@ pub struct SocketPump {
     native: AtomicBool,
     /// asyncio's `_SelectorSocketTransport.write`, for every case the fast path does not take.
     py_write: PyObject,
-}
-
-enum Sent {
-    All,
-    /// Sent this many bytes (0 after EAGAIN or EINTR): asyncio's write buffers the rest.
-    Part(usize),
-    /// Another error; the OSError is set as the current Python exception.
-    Failed,
 }
 
 impl SocketPump {
@@ -77,35 +64,15 @@ impl SocketPump {
         Ok(())
     }
 
-    /// `recv` once; `Ok(None)` when there is nothing to read yet.
-    fn recv<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        READ_BUF.with(|cell| {
-            let mut buf = cell.borrow_mut();
-            if buf.len() < self.max_size {
-                buf.resize(self.max_size, 0);
-            }
-            // SAFETY: `buf` is a live, exclusively borrowed allocation of at least `max_size`
-            // bytes; recv writes at most that many.
-            let n = unsafe { libc::recv(self.fd, buf.as_mut_ptr().cast(), self.max_size, 0) };
-            if n >= 0 {
-                return Ok(Some(PyBytes::new(py, &buf[..n as usize])));
-            }
-            match std::io::Error::last_os_error().raw_os_error() {
-                Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(None),
-                _ => Err(os_error(py)),
-            }
-        })
-    }
-
     /// `_read_ready__data_received`.
     fn read_native(&self, tr: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = tr.py();
         if tr.getattr(intern!(py, "_conn_lost"))?.is_truthy()? {
             return Ok(());
         }
-        let data = match self.recv(py) {
-            Ok(Some(data)) => data,
-            Ok(None) => return Ok(()),
+        let data = match sockio::recv(py, self.fd, self.max_size) {
+            Ok(Io::Done(data)) => data,
+            Ok(Io::WouldBlock) => return Ok(()),
             Err(err) => return Self::fatal(tr, err, READ_FAILED),
         };
         if data.as_bytes().is_empty() {
@@ -141,68 +108,6 @@ impl SocketPump {
             && !tr.getattr(intern!(py, "_conn_lost"))?.is_truthy()?
             && !tr.getattr(intern!(py, "_buffer"))?.is_truthy()?)
     }
-
-    fn send(&self, bytes: &[u8]) -> Sent {
-        // SAFETY: `bytes` is a live slice for the duration of the call; send only reads it.
-        let n = unsafe { libc::send(self.fd, bytes.as_ptr().cast(), bytes.len(), 0) };
-        if n >= 0 {
-            let n = n as usize;
-            return if n == bytes.len() {
-                Sent::All
-            } else {
-                Sent::Part(n)
-            };
-        }
-        match std::io::Error::last_os_error().raw_os_error() {
-            Some(libc::EAGAIN) | Some(libc::EINTR) => Sent::Part(0),
-            // SAFETY: GIL held (callers hold a Python token); errno is still the send's.
-            _ => unsafe {
-                ffi::PyErr_SetFromErrno(ffi::PyExc_OSError);
-                Sent::Failed
-            },
-        }
-    }
-
-    /// Send `data` if it is bytes, bytearray or a contiguous memoryview; `None` if it is
-    /// something else (asyncio's write then decides).
-    fn send_buffer(&self, data: &Bound<'_, PyAny>) -> Option<Sent> {
-        if let Ok(b) = data.downcast_exact::<PyBytes>() {
-            return Some(self.send(b.as_bytes()));
-        }
-        if !(data.is_exact_instance_of::<PyByteArray>()
-            || data.is_exact_instance_of::<PyMemoryView>())
-        {
-            return None;
-        }
-        let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
-        // SAFETY: GIL held; on success `view` is filled in and released below on every path;
-        // on failure the exception is cleared and nothing was acquired. The slice is only used
-        // while the buffer is held (and the GIL is not released, so nothing can resize it).
-        unsafe {
-            if ffi::PyObject_GetBuffer(data.as_ptr(), view.as_mut_ptr(), ffi::PyBUF_SIMPLE) != 0 {
-                ffi::PyErr_Clear();
-                return None;
-            }
-            let mut view = view.assume_init();
-            let bytes = if view.len > 0 {
-                std::slice::from_raw_parts(view.buf as *const u8, view.len as usize)
-            } else {
-                &[]
-            };
-            let sent = self.send(bytes);
-            ffi::PyBuffer_Release(&mut view);
-            Some(sent)
-        }
-    }
-}
-
-/// The OSError for the current errno, exactly as the `socket` module raises it
-/// (`ConnectionResetError(104, 'Connection reset by peer')`, …).
-fn os_error(py: Python<'_>) -> PyErr {
-    // SAFETY: GIL held; PyErr_SetFromErrno reads errno (still the failed call's: nothing ran in
-    // between) and sets the exception, which fetch takes.
-    unsafe { ffi::PyErr_SetFromErrno(ffi::PyExc_OSError) };
-    PyErr::fetch(py)
 }
 
 #[pymethods]
@@ -212,7 +117,7 @@ impl SocketPump {
         SocketPump {
             transport: GilCell::new(Some(transport)),
             fd,
-            max_size: max_size.max(1),
+            max_size: max_size.clamp(1, sockio::MAX_BUFFERED_READ),
             native: AtomicBool::new(false),
             py_write,
         }
@@ -254,22 +159,26 @@ impl SocketPump {
             return Ok(());
         };
         let fast = data.len().map(|n| n > 0).unwrap_or(false) && Self::idle(&tr)?;
-        let sent = if fast { self.send_buffer(data) } else { None };
+        let sent = if fast {
+            sockio::with_bytes(data, |b| sockio::send(py, self.fd, b).map(|r| (r, b.len())))
+        } else {
+            None
+        };
         match sent {
-            Some(Sent::All) => Ok(()),
-            Some(Sent::Failed) => Self::fatal(&tr, PyErr::fetch(py), WRITE_FAILED),
-            Some(Sent::Part(0)) | None => {
-                self.py_write.bind(py).call1((tr, data))?;
+            Some(Ok((Io::Done(n), len))) if n == len => Ok(()),
+            Some(Err(err)) => Self::fatal(&tr, err, WRITE_FAILED),
+            // The socket took part of it (or nothing: EAGAIN): asyncio's write goes on from here,
+            // buffering the rest, without a second send.
+            Some(Ok((Io::Done(n), _))) => {
+                tr.call_method1(intern!(py, "_write_rest"), (data, n))?;
                 Ok(())
             }
-            Some(Sent::Part(n)) => {
-                let rest = PyMemoryView::from(data)?.get_item(pyo3::types::PySlice::new(
-                    py,
-                    n as isize,
-                    isize::MAX,
-                    1,
-                ))?;
-                self.py_write.bind(py).call1((tr, rest))?;
+            Some(Ok((Io::WouldBlock, _))) => {
+                tr.call_method1(intern!(py, "_write_rest"), (data, 0))?;
+                Ok(())
+            }
+            None => {
+                self.py_write.bind(py).call1((tr, data))?;
                 Ok(())
             }
         }

@@ -61,6 +61,13 @@ impl Selector {
         self.ctl(libc::EPOLL_CTL_MOD, fd, to_epoll(interest), token)
     }
 
+    /// Keep the registration but silence it: edge-triggered, no read/write interest (the kernel
+    /// still adds EPOLLERR|EPOLLHUP, reported at most once per state change). See
+    /// `io_registry` for why this replaces most deregistrations.
+    pub fn park(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, libc::EPOLLET as u32, token)
+    }
+
     pub fn deregister(&self, fd: RawFd) -> io::Result<()> {
         self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0)
     }

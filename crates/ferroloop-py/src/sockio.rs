@@ -1,0 +1,105 @@
+//! The socket syscalls of the per-message paths (transports and `sock_*`), with the `socket`
+//! module's results: bytes objects, and `OSError`s built from errno exactly as `socket.recv` and
+//! `socket.send` raise them (`ConnectionResetError(104, 'Connection reset by peer')`, …).
+
+use std::cell::RefCell;
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
+
+/// The largest read that goes through the per-thread buffer (asyncio's transports read 256 KiB).
+pub(crate) const MAX_BUFFERED_READ: usize = 256 * 1024;
+
+thread_local! {
+    /// Where `recv` lands before the bytes object is made (as uvloop's loop-wide read buffer):
+    /// one per thread, not one per connection.
+    static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// What a non-blocking syscall did.
+pub(crate) enum Io<T> {
+    Done(T),
+    /// EAGAIN / EWOULDBLOCK / EINTR: try again when the fd is ready.
+    WouldBlock,
+}
+
+fn would_block() -> bool {
+    matches!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EAGAIN) | Some(libc::EINTR)
+    )
+}
+
+/// The OSError for the current errno, as the `socket` module raises it.
+pub(crate) fn os_error(py: Python<'_>) -> PyErr {
+    // SAFETY: GIL held; PyErr_SetFromErrno reads errno (still the failed call's: nothing ran in
+    // between) and sets the exception, which fetch takes.
+    unsafe { ffi::PyErr_SetFromErrno(ffi::PyExc_OSError) };
+    PyErr::fetch(py)
+}
+
+/// `recv(fd, max)` (max ≤ MAX_BUFFERED_READ) into the per-thread buffer, then a bytes object.
+pub(crate) fn recv<'py>(py: Python<'py>, fd: i32, max: usize) -> PyResult<Io<Bound<'py, PyBytes>>> {
+    debug_assert!(max <= MAX_BUFFERED_READ);
+    READ_BUF.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        if buf.len() < max {
+            buf.resize(max, 0);
+        }
+        // SAFETY: `buf` is a live, exclusively borrowed allocation of at least `max` bytes; recv
+        // writes at most that many.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), max, 0) };
+        if n >= 0 {
+            Ok(Io::Done(PyBytes::new(py, &buf[..n as usize])))
+        } else if would_block() {
+            Ok(Io::WouldBlock)
+        } else {
+            Err(os_error(py))
+        }
+    })
+}
+
+/// `send(fd, bytes)`: how many bytes the socket took.
+pub(crate) fn send(py: Python<'_>, fd: i32, bytes: &[u8]) -> PyResult<Io<usize>> {
+    // SAFETY: `bytes` is a live slice for the duration of the call; send only reads it.
+    let n = unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), 0) };
+    if n >= 0 {
+        Ok(Io::Done(n as usize))
+    } else if would_block() {
+        Ok(Io::WouldBlock)
+    } else {
+        Err(os_error(py))
+    }
+}
+
+/// `f(bytes)` over the contents of bytes, a bytearray or a contiguous memoryview; `None` for
+/// anything else (the caller then lets Python decide, with Python's errors).
+pub(crate) fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+    if let Ok(b) = data.downcast_exact::<PyBytes>() {
+        return Some(f(b.as_bytes()));
+    }
+    if !(data.is_exact_instance_of::<PyByteArray>() || data.is_exact_instance_of::<PyMemoryView>())
+    {
+        return None;
+    }
+    let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
+    // SAFETY: GIL held; on success `view` is filled in and released below; on failure the
+    // exception is cleared and nothing was acquired. The slice is only used while the buffer is
+    // held, and `f` runs no Python code that could resize the exporter (callers only do syscalls).
+    unsafe {
+        if ffi::PyObject_GetBuffer(data.as_ptr(), view.as_mut_ptr(), ffi::PyBUF_SIMPLE) != 0 {
+            ffi::PyErr_Clear();
+            return None;
+        }
+        let mut view = view.assume_init();
+        let bytes = if view.len > 0 {
+            std::slice::from_raw_parts(view.buf as *const u8, view.len as usize)
+        } else {
+            &[]
+        };
+        let out = f(bytes);
+        ffi::PyBuffer_Release(&mut view);
+        Some(out)
+    }
+}
