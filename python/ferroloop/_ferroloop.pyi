@@ -9,7 +9,8 @@ from typing_extensions import disjoint_base
 _Ts = TypeVarTuple("_Ts")
 _T = TypeVar("_T")
 
-__all__ = ['__version__', 'BUILD_PROFILE', 'Handle', 'TimerHandle', 'LoopCore']
+__all__ = ['__version__', 'BUILD_PROFILE', 'Handle', 'TimerHandle', 'LoopCore', 'SocketPump', 'SockOp',
+           'sock_recv', 'sock_sendall']
 __version__: str
 BUILD_PROFILE: str
 
@@ -103,3 +104,28 @@ class LoopCore:
     def _ready_count(self) -> int: ...
     @property
     def _scheduled_count(self) -> int: ...
+
+@final
+class SocketPump:
+    """The reader callback and fast write of one socket transport (ferroloop._transports)."""
+
+    def __new__(cls, transport: Any, fd: int, max_size: int, py_write: Callable[[Any, Any], object]) -> SocketPump: ...
+    native: bool
+    @property
+    def __qualname__(self) -> str: ...  # type: ignore[override]
+    def __call__(self, *args: Any, **kwargs: Any) -> None: ...
+    def write(self, data: Any) -> None: ...
+
+@final
+class SockOp:
+    """One pending sock_recv/sock_sendall: the reader (writer) callback and the done-callback."""
+
+    @property
+    def __qualname__(self) -> str: ...  # type: ignore[override]
+    def __call__(self, *args: Any) -> None: ...
+
+def sock_recv(lp: LoopCore, sock: Any, n: int) -> Any:
+    """The data if it could be read at once, else the future to await."""
+
+def sock_sendall(lp: LoopCore, sock: Any, data: Any) -> Any:
+    """None if the socket took everything at once, else the future to await."""
