@@ -348,3 +348,48 @@ def test_write_to_reset_peer(loop):
     assert exc_type in (ConnectionResetError, BrokenPipeError)
     assert calls == ['made', ('lost', exc_type.__name__)]
     h.finish()
+
+
+class BadBuffered(asyncio.BufferedProtocol):
+    def __init__(self, loop, get_buffer):
+        self._get_buffer = get_buffer
+        self.lost = loop.create_future()
+
+    def get_buffer(self, sizehint):
+        assert sizehint == -1
+        return self._get_buffer()
+
+    def buffer_updated(self, nbytes):
+        raise ValueError(f'buffer_updated({nbytes})')
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+
+def _raise_key_error():
+    raise KeyError('no buffer')
+
+
+@pytest.mark.parametrize('get_buffer, message, exc_type', [
+    (_raise_key_error, 'Fatal error: protocol.get_buffer() call failed.', KeyError),
+    (lambda: bytearray(), 'Fatal error: protocol.get_buffer() call failed.', RuntimeError),
+    (lambda: None, 'Fatal error: protocol.get_buffer() call failed.', TypeError),
+    (lambda: b'read-only', 'Fatal read error on socket transport', TypeError),
+    (lambda: bytearray(10), 'Fatal error: protocol.buffer_updated() call failed.', ValueError),
+], ids=['raises', 'empty', 'none', 'read-only', 'buffer-updated-raises'])
+def test_buffered_protocol_errors(loop, get_buffer, message, exc_type):
+    h, a, b = setup(loop)
+
+    async def main():
+        tr, proto = await connect(loop, a, lambda: BadBuffered(loop, get_buffer))
+        await loop.sock_sendall(b, b'data')
+        return await proto.lost
+
+    exc = loop.run_until_complete(main())
+    assert type(exc) is exc_type
+    assert [e['message'] for e in h.errors] == [message]
+    assert h.errors[0]['exception'] is exc
+    if exc_type is ValueError:
+        assert str(exc) == 'buffer_updated(4)'
+    b.close()
+    h.finish(check_errors=False)

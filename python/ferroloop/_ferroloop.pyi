@@ -110,7 +110,7 @@ class SocketPump:
     """The reader callback and fast write of one socket transport (ferroloop._transports)."""
 
     def __new__(cls, transport: Any, fd: int, max_size: int, py_write: Callable[[Any, Any], object]) -> SocketPump: ...
-    native: bool
+    mode: int
     @property
     def __qualname__(self) -> str: ...  # type: ignore[override]
     def __call__(self, *args: Any, **kwargs: Any) -> None: ...

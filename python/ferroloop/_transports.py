@@ -5,7 +5,7 @@ state change, buffer, flow-control call, close and error path is the running int
 Only two attributes are replaced on each instance by a ``_ferroloop.SocketPump``:
 
 - ``_read_ready`` (the reader callback): ``recv`` and ``protocol.data_received`` in Rust for a
-  plain Protocol; a BufferedProtocol keeps asyncio's ``get_buffer`` path;
+  plain Protocol, ``get_buffer``/``recv_into``/``buffer_updated`` for a BufferedProtocol;
 - ``write``: sent straight to the socket when asyncio would send at once (nothing buffered, no
   EOF, no sendfile, connection alive); the rest of a partial send is buffered by ``_write_rest``
   (asyncio's own steps); anything else goes to asyncio's ``write``.
@@ -38,7 +38,8 @@ class _SelectorSocketTransport(_Base):
 
     def set_protocol(self, protocol):
         super().set_protocol(protocol)
-        self._read_ready.native = not isinstance(protocol, _protocols.BufferedProtocol)
+        # how the pump reads: 2 = get_buffer/buffer_updated, 1 = data_received
+        self._read_ready.mode = 2 if isinstance(protocol, _protocols.BufferedProtocol) else 1
 
     def _write_rest(self, data, n):
         # The end of asyncio's write() after `n = self._sock.send(data)` took n < len(data) bytes
@@ -54,7 +55,7 @@ class _SelectorSocketTransport(_Base):
 
     def close(self):
         # asyncio drops _read_ready_cb here; the pump must stop reading natively with it.
-        self._read_ready.native = False
+        self._read_ready.mode = 0
         super().close()
 
 

@@ -2,7 +2,7 @@
 //! module's results: bytes objects, and `OSError`s built from errno exactly as `socket.recv` and
 //! `socket.send` raise them (`ConnectionResetError(104, 'Connection reset by peer')`, …).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -15,7 +15,14 @@ thread_local! {
     /// Where `recv` lands before the bytes object is made (as uvloop's loop-wide read buffer):
     /// one per thread, not one per connection.
     static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// Whether this thread's last read was large (see `recv`).
+    static LAST_READ_LARGE: Cell<bool> = const { Cell::new(false) };
 }
+
+/// Reads up to this size are copied out of the per-thread buffer; after a larger one, the next
+/// read goes straight into a new bytes object of the maximum size that is then shrunk (as
+/// `socket.recv` does), saving a copy of the whole message.
+const SMALL_READ: usize = 16 * 1024;
 
 /// What a non-blocking syscall did.
 pub(crate) enum Io<T> {
@@ -39,9 +46,53 @@ pub(crate) fn os_error(py: Python<'_>) -> PyErr {
     PyErr::fetch(py)
 }
 
-/// `recv(fd, max)` (max ≤ MAX_BUFFERED_READ) into the per-thread buffer, then a bytes object.
+/// `recv(fd, max)` (max ≤ MAX_BUFFERED_READ) as a bytes object.
 pub(crate) fn recv<'py>(py: Python<'py>, fd: i32, max: usize) -> PyResult<Io<Bound<'py, PyBytes>>> {
     debug_assert!(max <= MAX_BUFFERED_READ);
+    let large = max > SMALL_READ && LAST_READ_LARGE.with(Cell::get);
+    let out = if large {
+        recv_direct(py, fd, max)
+    } else {
+        recv_copied(py, fd, max)
+    };
+    if let Ok(Io::Done(b)) = &out {
+        LAST_READ_LARGE.with(|l| l.set(b.as_bytes().len() > SMALL_READ));
+    }
+    out
+}
+
+/// Into a new bytes object of `max` bytes, shrunk to what came.
+fn recv_direct<'py>(py: Python<'py>, fd: i32, max: usize) -> PyResult<Io<Bound<'py, PyBytes>>> {
+    // SAFETY: GIL held. PyBytes_FromStringAndSize(NULL, max) returns a new, uninitialised bytes
+    // object of `max` bytes (or NULL with an exception set) that nobody else references yet, so
+    // writing into it and resizing it (_PyBytes_Resize's contract: refcount 1) are allowed; on
+    // failure _PyBytes_Resize frees the object and sets the pointer to NULL.
+    unsafe {
+        let mut obj = ffi::PyBytes_FromStringAndSize(std::ptr::null(), max as ffi::Py_ssize_t);
+        if obj.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        let n = libc::recv(fd, ffi::PyBytes_AsString(obj).cast(), max, 0);
+        if n < 0 {
+            let result = if would_block() {
+                Ok(Io::WouldBlock)
+            } else {
+                Err(os_error(py))
+            };
+            ffi::Py_DECREF(obj);
+            return result;
+        }
+        if (n as usize) < max && ffi::_PyBytes_Resize(&mut obj, n as ffi::Py_ssize_t) != 0 {
+            return Err(PyErr::fetch(py));
+        }
+        Ok(Io::Done(
+            Bound::from_owned_ptr(py, obj).downcast_into_unchecked(),
+        ))
+    }
+}
+
+/// Into the per-thread buffer, then copied into a bytes object of the right size.
+fn recv_copied<'py>(py: Python<'py>, fd: i32, max: usize) -> PyResult<Io<Bound<'py, PyBytes>>> {
     READ_BUF.with(|cell| {
         let mut buf = cell.borrow_mut();
         if buf.len() < max {
@@ -99,6 +150,36 @@ pub(crate) fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R)
             &[]
         };
         let out = f(bytes);
+        ffi::PyBuffer_Release(&mut view);
+        Some(out)
+    }
+}
+
+/// `recv(fd)` into a writable, contiguous buffer (`socket.recv_into(buf)`): bytes received, or
+/// `None` if `buf` does not export such a buffer (the caller lets Python raise its TypeError).
+pub(crate) fn recv_into(
+    py: Python<'_>,
+    fd: i32,
+    buf: &Bound<'_, PyAny>,
+) -> Option<PyResult<Io<usize>>> {
+    let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
+    // SAFETY: GIL held; on success `view` is filled in and released below; on failure the
+    // exception is cleared and nothing was acquired. recv writes at most `view.len` bytes into
+    // the exporter's writable memory, which cannot be resized while the export is held.
+    unsafe {
+        if ffi::PyObject_GetBuffer(buf.as_ptr(), view.as_mut_ptr(), ffi::PyBUF_WRITABLE) != 0 {
+            ffi::PyErr_Clear();
+            return None;
+        }
+        let mut view = view.assume_init();
+        let n = libc::recv(fd, view.buf, view.len as usize, 0);
+        let out = if n >= 0 {
+            Ok(Io::Done(n as usize))
+        } else if would_block() {
+            Ok(Io::WouldBlock)
+        } else {
+            Err(os_error(py))
+        };
         ffi::PyBuffer_Release(&mut view);
         Some(out)
     }

@@ -8,7 +8,8 @@
 //! - reading (`transport._read_ready`, the reader callback): `recv` into a per-thread buffer, then
 //!   `protocol.data_received(bytes)`, with the same checks and the same error handling as
 //!   `_read_ready__data_received` (EOF and errors are handed to the transport's own Python
-//!   methods). A `BufferedProtocol` keeps asyncio's `get_buffer` path.
+//!   methods). For a `BufferedProtocol`, `get_buffer(-1)`, `recv` into it, `buffer_updated(n)`
+//!   (asyncio's `_read_ready__get_buffer`).
 //! - `transport.write(data)` when nothing is buffered and the socket takes all of `data` at once.
 //!   Any other case (bad type, empty data, after `write_eof`, during sendfile, after the connection
 //!   was lost, data already buffered) calls asyncio's `write`, so the result and every message
@@ -17,7 +18,7 @@
 //!   high-water mark (no second send: under a racing peer reset it would fail where asyncio's
 //!   single send did not).
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::ffi;
@@ -32,6 +33,13 @@ use crate::sockio::{self, Io};
 const READ_FAILED: &str = "Fatal read error on socket transport";
 const WRITE_FAILED: &str = "Fatal write error on socket transport";
 const DATA_RECEIVED_FAILED: &str = "Fatal error: protocol.data_received() call failed.";
+const GET_BUFFER_FAILED: &str = "Fatal error: protocol.get_buffer() call failed.";
+const BUFFER_UPDATED_FAILED: &str = "Fatal error: protocol.buffer_updated() call failed.";
+
+/// How the reader callback reads (`SocketPump.mode`).
+const MODE_PYTHON: u8 = 0; // the transport's `_read_ready_cb` (after close: None, as asyncio)
+const MODE_DATA_RECEIVED: u8 = 1; // a Protocol: `_read_ready__data_received`, here
+const MODE_GET_BUFFER: u8 = 2; // a BufferedProtocol: `_read_ready__get_buffer`, here
 
 /// The reader callback and fast `write` of one socket transport (see the module docs).
 #[pyclass(module = "ferroloop._ferroloop", frozen)]
@@ -40,8 +48,8 @@ pub struct SocketPump {
     transport: GilCell<Option<PyObject>>,
     fd: i32,
     max_size: usize,
-    /// The protocol is not a BufferedProtocol and the transport is not closed: read here.
-    native: AtomicBool,
+    /// One of the MODE_* constants, set by the transport's `set_protocol` and `close`.
+    mode: AtomicU8,
     /// asyncio's `_SelectorSocketTransport.write`, for every case the fast path does not take.
     py_write: PyObject,
 }
@@ -99,6 +107,48 @@ impl SocketPump {
         }
     }
 
+    /// `_read_ready__get_buffer`.
+    fn read_into(&self, tr: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = tr.py();
+        if tr.getattr(intern!(py, "_conn_lost"))?.is_truthy()? {
+            return Ok(());
+        }
+        let protocol = tr.getattr(intern!(py, "_protocol"))?;
+        let buf = match protocol
+            .call_method1(intern!(py, "get_buffer"), (-1,))
+            .and_then(|buf| match buf.len()? {
+                0 => Err(pyo3::exceptions::PyRuntimeError::new_err(
+                    "get_buffer() returned an empty buffer",
+                )),
+                _ => Ok(buf),
+            }) {
+            Ok(buf) => buf,
+            Err(err) => return Self::fatal(tr, err, GET_BUFFER_FAILED),
+        };
+        let received = match sockio::recv_into(py, self.fd, &buf) {
+            Some(r) => r,
+            // Not a writable buffer: socket.recv_into raises the TypeError asyncio reports.
+            None => tr
+                .getattr(intern!(py, "_sock"))?
+                .call_method1(intern!(py, "recv_into"), (&buf,))
+                .and_then(|n| n.extract::<usize>().map(Io::Done)),
+        };
+        let nbytes = match received {
+            Ok(Io::Done(n)) => n,
+            Ok(Io::WouldBlock) => return Ok(()),
+            Err(err) => return Self::fatal(tr, err, READ_FAILED),
+        };
+        drop(buf);
+        if nbytes == 0 {
+            tr.call_method0(intern!(py, "_read_ready__on_eof"))?;
+            return Ok(());
+        }
+        match protocol.call_method1(intern!(py, "buffer_updated"), (nbytes,)) {
+            Ok(_) => Ok(()),
+            Err(err) => Self::fatal(tr, err, BUFFER_UPDATED_FAILED),
+        }
+    }
+
     /// Whether asyncio's `write` would go straight to `sock.send`: nothing buffered, no EOF
     /// written, no sendfile in progress, the connection not lost.
     fn idle(tr: &Bound<'_, PyAny>) -> PyResult<bool> {
@@ -118,20 +168,27 @@ impl SocketPump {
             transport: GilCell::new(Some(transport)),
             fd,
             max_size: max_size.clamp(1, sockio::MAX_BUFFERED_READ),
-            native: AtomicBool::new(false),
+            mode: AtomicU8::new(MODE_PYTHON),
             py_write,
         }
     }
 
-    /// Read natively (a plain Protocol) or through the transport's `_read_ready_cb`.
+    /// How `__call__` reads: 0 through the transport's `_read_ready_cb`, 1 `data_received`
+    /// (a Protocol), 2 `get_buffer`/`buffer_updated` (a BufferedProtocol).
     #[getter]
-    fn get_native(&self) -> bool {
-        self.native.load(Relaxed)
+    fn get_mode(&self) -> u8 {
+        self.mode.load(Relaxed)
     }
 
     #[setter]
-    fn set_native(&self, value: bool) {
-        self.native.store(value, Relaxed)
+    fn set_mode(&self, value: u8) -> PyResult<()> {
+        if value > MODE_GET_BUFFER {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "mode must be 0, 1 or 2",
+            ));
+        }
+        self.mode.store(value, Relaxed);
+        Ok(())
     }
 
     /// As asyncio's `_read_ready`, so handle reprs read `<Handle _SelectorSocketTransport._read_ready()>`.
@@ -145,11 +202,13 @@ impl SocketPump {
         let Some(tr) = self.transport(py)? else {
             return Ok(());
         };
-        if self.native.load(Relaxed) {
-            self.read_native(&tr)
-        } else {
-            tr.getattr(intern!(py, "_read_ready_cb"))?.call0()?;
-            Ok(())
+        match self.mode.load(Relaxed) {
+            MODE_DATA_RECEIVED => self.read_native(&tr),
+            MODE_GET_BUFFER => self.read_into(&tr),
+            _ => {
+                tr.getattr(intern!(py, "_read_ready_cb"))?.call0()?;
+                Ok(())
+            }
         }
     }
 
