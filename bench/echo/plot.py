@@ -1,0 +1,85 @@
+"""Plot an echo benchmark result: server CPU per request, every case, every loop, beside the
+plain-Rust ceiling (lower is better; the CPU figure is the stable one on a shared machine).
+
+    python bench/echo/plot.py [RESULT.json] [--out bench/echo/echo.png]
+
+RESULT defaults to the newest file in bench/echo/results/. Needs matplotlib (bench/requirements.txt).
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ORDER = ('asyncio', 'uvloop', 'rloop', 'ferroloop', 'rust')
+COLORS = {'asyncio': '#9e9e9e', 'uvloop': '#1f77b4', 'rloop': '#ff7f0e', 'ferroloop': '#d62728',
+          'rust': '#2ca02c'}
+LABELS = {'rust': 'plain Rust (ceiling)'}
+
+
+def size_label(n):
+    return f'{n // 1024} KiB' if n % 1024 == 0 else f'{n} B'
+
+
+def load(path):
+    data = json.loads(path.read_text())
+    cpu = {}   # (style, transport, size, conns) -> {loop: µs/req}
+    for row in data['rows']:
+        value = row.get('server_cpu_us_per_req')
+        if value is None or row.get('error'):
+            continue
+        cpu.setdefault(tuple(row['case']), {})[row['loop']] = value
+    # The ceiling is measured once per (transport, size, conns): show it beside every style.
+    ceiling = {k[1:]: v['rust'] for k, v in cpu.items() if 'rust' in v}
+    for key, loops in cpu.items():
+        if key[1:] in ceiling:
+            loops.setdefault('rust', ceiling[key[1:]])
+    return data['meta'], {k: v for k, v in cpu.items() if k[0] != 'rust'}
+
+
+def plot(meta, cpu, out):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    cases = sorted(cpu, key=lambda c: (c[0] != 'protocol', c[0], c[1], c[2], c[3]))
+    loops = [lp for lp in ORDER if any(lp in cpu[c] for c in cases)]
+    width = 0.8 / len(loops)
+    fig, ax = plt.subplots(figsize=(max(8, 0.75 * len(cases) + 2), 5.5))
+    for i, lp in enumerate(loops):
+        xs = [k + (i - (len(loops) - 1) / 2) * width for k, c in enumerate(cases) if lp in cpu[c]]
+        ys = [cpu[c][lp] for c in cases if lp in cpu[c]]
+        ax.bar(xs, ys, width, label=LABELS.get(lp, lp), color=COLORS.get(lp))
+    ax.set_xticks(range(len(cases)))
+    ax.set_xticklabels([f'{s}\n{t} {size_label(z)}\n{n} conn' for s, t, z, n in cases], fontsize=7)
+    ax.set_yscale('log')
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_ylabel('server CPU per request, µs (log scale; lower is better)')
+    versions = ', '.join(f'{k} {v}' for k, v in meta.get('versions', {}).items())
+    m = meta.get('machine', {})
+    ax.set_title(f"Echo benchmark {meta.get('date', '')}: CPython {m.get('python', '?')}, "
+                 f"{m.get('cpu_model', '?')} x{m.get('nproc', '?')}\n{versions}; "
+                 f"median of {meta.get('reps')} x {meta.get('duration')} s", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(axis='y', which='both', alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('result', nargs='?', type=Path)
+    p.add_argument('--out', type=Path, default=HERE / 'echo.png')
+    a = p.parse_args(argv)
+    path = a.result or max((HERE / 'results').glob('echo-*.json'))
+    meta, cpu = load(path)
+    if not cpu:
+        raise SystemExit(f'{path}: no successful rows')
+    print(plot(meta, cpu, a.out))
+
+
+if __name__ == '__main__':
+    main()
