@@ -16,13 +16,16 @@
 //! `TimerHandle` extends `Handle`; the timer fields live in `Handle` (unused for plain handles) so
 //! the ready queue can hold both as `Py<Handle>`.
 
+use std::mem::ManuallyDrop;
 use std::ptr;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering::Relaxed};
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::ffi;
+use pyo3::impl_::pyclass_init::PyObjectInit;
 use pyo3::prelude::*;
-use pyo3::pyclass::CompareOp;
+use pyo3::pyclass::{CompareOp, PyClass};
+use pyo3::type_object::PyTypeInfo;
 use pyo3::types::{PyFloat, PyTuple};
 
 use crate::gil::GilCell;
@@ -36,17 +39,15 @@ pub(crate) struct HandleData {
     repr: Option<PyObject>,
 }
 
-#[pyclass(
-    frozen,
-    subclass,
-    weakref,
-    freelist = 256,
-    module = "ferroloop._ferroloop"
-)]
+// No `freelist`: PyO3's free list takes a mutex on every allocation and release (it is built
+// for free-threading too); CPython's own small-object allocator is cheaper (measured with
+// callgrind, see docs/architecture.md "Handles").
+#[pyclass(frozen, subclass, weakref, module = "ferroloop._ferroloop")]
 pub struct Handle {
     data: GilCell<HandleData>,
-    context: PyObject,
-    loop_: Py<LoopCore>,
+    /// Released by `Drop` with a direct decref (see there).
+    context: ManuallyDrop<PyObject>,
+    loop_: ManuallyDrop<Py<LoopCore>>,
     source_traceback: Option<PyObject>,
     cancelled: AtomicBool,
     /// Deadline of a TimerHandle (NaN for a plain Handle).
@@ -59,8 +60,55 @@ pub struct Handle {
     pub(crate) persistent: bool,
 }
 
-#[pyclass(frozen, extends = Handle, freelist = 256, module = "ferroloop._ferroloop")]
+#[pyclass(frozen, extends = Handle, module = "ferroloop._ferroloop")]
 pub struct TimerHandle;
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // Dropping a `Py` asks PyO3 whether this thread holds the GIL (a thread-local lookup,
+        // twice per handle); a Handle is only dropped by its tp_dealloc or by this crate's own
+        // code, always with the GIL held, so decref directly.
+        // SAFETY: the GIL is held (see above); each field is taken exactly once, here, and never
+        // used again; `into_ptr` hands over the reference that `Py_DECREF` then releases.
+        unsafe {
+            ffi::Py_DECREF(ManuallyDrop::take(&mut self.context).into_ptr());
+            ffi::Py_DECREF(ManuallyDrop::take(&mut self.loop_).into_ptr());
+        }
+    }
+}
+
+/// Type objects of `Handle` and `TimerHandle`, looked up once: PyO3's lazy type-object lookup
+/// costs tens of instructions and `Py::new` does it on every call.
+static HANDLE_TYPE: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(ptr::null_mut());
+static TIMER_HANDLE_TYPE: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(ptr::null_mut());
+
+#[inline]
+fn type_ptr<T: PyTypeInfo>(py: Python<'_>, cache: &AtomicPtr<ffi::PyTypeObject>) -> *mut ffi::PyTypeObject {
+    let tp = cache.load(Relaxed);
+    if !tp.is_null() {
+        return tp;
+    }
+    // PyO3 keeps a strong reference to a pyclass's type object for the life of the process, so
+    // the pointer stays valid.
+    let tp = T::type_object_raw(py);
+    cache.store(tp, Relaxed);
+    tp
+}
+
+/// `Py::new` with the cached type object.
+#[inline]
+fn new_object<T: PyClass>(
+    py: Python<'_>,
+    init: PyClassInitializer<T>,
+    tp: *mut ffi::PyTypeObject,
+) -> PyResult<Py<T>> {
+    // SAFETY: GIL held; `tp` is the type object of `T` itself (from `type_ptr::<T>`), which is
+    // what `into_new_object` requires. It returns a new, fully initialised instance of `T`.
+    unsafe {
+        let obj = init.into_new_object(py, tp)?;
+        Ok(Bound::from_owned_ptr(py, obj).downcast_into_unchecked::<T>().unbind())
+    }
+}
 
 /// `callback(*args)`. Task steps (no argument) and future callbacks (one argument) are nearly
 /// every call: they go straight to vectorcall instead of unpacking the tuple.
@@ -107,8 +155,8 @@ impl Handle {
                 args: Some(args),
                 repr: None,
             }),
-            context,
-            loop_: loop_.clone().unbind(),
+            context: ManuallyDrop::new(context),
+            loop_: ManuallyDrop::new(loop_.clone().unbind()),
             source_traceback,
             cancelled: AtomicBool::new(false),
             when,
@@ -125,10 +173,8 @@ impl Handle {
         context: Option<PyObject>,
         loop_: &Bound<'_, LoopCore>,
     ) -> PyResult<Py<Handle>> {
-        Py::new(
-            py,
-            Self::build(py, callback, args, context, loop_, f64::NAN, false)?,
-        )
+        let h = Self::build(py, callback, args, context, loop_, f64::NAN, false)?;
+        new_object(py, h.into(), type_ptr::<Handle>(py, &HANDLE_TYPE))
     }
 
     pub(crate) fn new_io(
@@ -139,7 +185,7 @@ impl Handle {
     ) -> PyResult<Py<Handle>> {
         let mut h = Self::build(py, callback, args, None, loop_, f64::NAN, false)?;
         h.persistent = true;
-        Py::new(py, h)
+        new_object(py, h.into(), type_ptr::<Handle>(py, &HANDLE_TYPE))
     }
 
     pub(crate) fn new_timer(
@@ -151,7 +197,11 @@ impl Handle {
         loop_: &Bound<'_, LoopCore>,
     ) -> PyResult<Py<TimerHandle>> {
         let base = Self::build(py, callback, args, context, loop_, when, true)?;
-        Py::new(py, PyClassInitializer::from(base).add_subclass(TimerHandle))
+        new_object(
+            py,
+            PyClassInitializer::from(base).add_subclass(TimerHandle),
+            type_ptr::<TimerHandle>(py, &TIMER_HANDLE_TYPE),
+        )
     }
 
     #[inline]
