@@ -662,9 +662,14 @@ mod fastcall {
         let context = match nkw {
             0 => None,
             1 => {
-                // Keyword names are interned strings: `context=` written in the caller's code
-                // is this very object. Any other name takes the full parser.
-                if ffi::PyTuple_GET_ITEM(kwnames, 0) != intern!(py, "context").as_ptr() {
+                // `context=` written in Python code is the interned string, so the pointer
+                // comparison usually decides; C callers (asyncio's C Task and Future) pass a
+                // string of their own. Any other name takes the full parser.
+                let name = ffi::PyTuple_GET_ITEM(kwnames, 0);
+                if name != intern!(py, "context").as_ptr()
+                    && (ffi::PyUnicode_Check(name) == 0
+                        || ffi::PyUnicode_CompareWithASCIIString(name, c"context".as_ptr()) != 0)
+                {
                     return Ok(None);
                 }
                 Some(Bound::from_borrowed_ptr(py, *args.add(nargs)).unbind())
