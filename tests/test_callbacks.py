@@ -232,6 +232,32 @@ def test_handle_after_run_frees_cycle(loop):
     assert ref() is None
 
 
+def test_cycle_through_handle_context_is_collected(loop):
+    # ferroloop keeps a handle's own copy of the context away from the cyclic GC while the handle
+    # is pending; a cycle made through that context must still be collected once the handle is
+    # gone, and the context must be an ordinary (tracked) object for whoever still holds it.
+    class Box:
+        pass
+
+    refs = []
+
+    def callback():
+        b = Box()
+        b.ctx = get_context(h)
+        var.set(b)  # the context now references b, which references the context
+        refs.append(weakref.ref(b))
+
+    h = loop.call_soon(callback)
+    kept = loop.call_soon(cb)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    ctx = get_context(kept)
+    del h, kept
+    gc.collect()
+    assert refs and refs[0]() is None
+    assert gc.is_tracked(ctx)
+
+
 def test_handle_weakref(loop):
     h = loop.call_soon(cb)
     r = weakref.ref(h)
