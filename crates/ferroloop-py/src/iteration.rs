@@ -41,11 +41,9 @@ pub(crate) fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
         }
         t.next_deadline()
     })?;
-    if !removed.is_empty() {
-        for h in &removed {
-            h.get().scheduled.store(false, Relaxed);
-        }
-        drop(removed);
+    for h in removed {
+        h.get().scheduled.store(false, Relaxed);
+        drop(h.into_bound(py)); // a direct decref, without PyO3's "is the GIL held?" check
     }
 
     // 2. how long to wait

@@ -558,6 +558,7 @@ mod fastcall {
     use pyo3::ffi;
     use pyo3::intern;
     use pyo3::prelude::*;
+    use pyo3::sync::GILOnceCell;
     use pyo3::types::PyTuple;
 
     use super::LoopCore;
@@ -626,6 +627,30 @@ mod fastcall {
         }
     }
 
+    /// The `"context"` keyword name of asyncio's C Task and Future (a string object of their own,
+    /// not the interned one), kept here — a strong reference, so the pointer stays that string's —
+    /// after the first full comparison found it.
+    static C_CONTEXT_NAME: GILOnceCell<Py<PyAny>> = GILOnceCell::new();
+
+    /// Whether `name` (a keyword name) is `"context"`, for names other than the interned string.
+    ///
+    /// # Safety
+    /// GIL held; `name` a valid borrowed reference.
+    #[inline]
+    unsafe fn is_c_context_name(py: Python<'_>, name: *mut ffi::PyObject) -> bool {
+        if let Some(known) = C_CONTEXT_NAME.get(py) {
+            if known.as_ptr() == name {
+                return true;
+            }
+        }
+        let is_context = ffi::PyUnicode_Check(name) != 0
+            && ffi::PyUnicode_CompareWithASCIIString(name, c"context".as_ptr()) == 0;
+        if is_context && C_CONTEXT_NAME.get(py).is_none() {
+            let _ = C_CONTEXT_NAME.set(py, Bound::from_borrowed_ptr(py, name).unbind());
+        }
+        is_context
+    }
+
     /// The arguments of one call, when they take the fast path: `fixed` leading positional
     /// arguments, then `*args`, then at most `context=`.
     struct Args<'a, 'py> {
@@ -666,10 +691,7 @@ mod fastcall {
                 // comparison usually decides; C callers (asyncio's C Task and Future) pass a
                 // string of their own. Any other name takes the full parser.
                 let name = ffi::PyTuple_GET_ITEM(kwnames, 0);
-                if name != intern!(py, "context").as_ptr()
-                    && (ffi::PyUnicode_Check(name) == 0
-                        || ffi::PyUnicode_CompareWithASCIIString(name, c"context".as_ptr()) != 0)
-                {
+                if name != intern!(py, "context").as_ptr() && !is_c_context_name(py, name) {
                     return Ok(None);
                 }
                 Some(Bound::from_borrowed_ptr(py, *args.add(nargs)).unbind())
