@@ -81,6 +81,7 @@ pub(crate) fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
         };
         let handle = handle.into_bound(py); // dropped as Bound: a direct decref
         if handle.get().is_cancelled() {
+            Handle::recycle(handle);
             continue;
         }
         let persistent = handle.get().persistent;
@@ -91,7 +92,9 @@ pub(crate) fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
             }
             result?;
         } else {
-            Handle::run(&handle, persistent)?;
+            let result = Handle::run(&handle, persistent);
+            Handle::recycle(handle);
+            result?;
         }
     }
     Ok(())
