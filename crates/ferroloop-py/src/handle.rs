@@ -288,7 +288,10 @@ impl Handle {
             let data = Self::fresh_data(py, callback, args, context, loop_)?;
             let hr = h.get();
             hr.cancelled.store(false, Relaxed);
-            hr.data.with(py, |d| *d = data)?; // `d` was empty: nothing is dropped here
+            // `take_all` emptied the pooled data: there is nothing to drop, so skip the drop glue
+            // (a leak, never a double release, should that ever not hold).
+            hr.data
+                .with(py, |d| std::mem::forget(std::mem::replace(d, data)))?;
             return Ok(h);
         }
         let h = Self::build(py, callback, args, context, loop_, f64::NAN, false)?;
