@@ -202,28 +202,37 @@ unsafe fn call(callback: *mut ffi::PyObject, args: *mut ffi::PyObject) -> *mut f
     }
 }
 
-/// `contextvars.copy_context()`, taken out of the cyclic garbage collector while the handle is
-/// pending (see `Handle::drop`, which puts it back).
+/// `contextvars.copy_context()`; with `untrack`, taken out of the cyclic garbage collector while
+/// the handle is pending (`release_context` puts it back). Returns whether it was untracked.
 ///
-/// A pending handle's copy is referenced by the handle alone, and handles are not tracked: with
+/// Untracking costs a few dozen instructions per handle and pays only when contexts live long
+/// enough to be traversed by collections: for timers, and for `call_soon` when many callbacks are
+/// already waiting (`UNTRACK_MIN_READY`). A pending handle's copy is referenced by the handle alone, and handles are not tracked: with
 /// many handles pending (a producer thread ahead of the loop, a fan-out, thousands of timers),
 /// collections kept traversing these contexts — 12 % of all instructions of the threadsafe
 /// benchmark, most of `copy_context`'s cost there. A fresh copy cannot be part of a reference
 /// cycle yet; one made later through it (code storing the context in one of its own variables)
 /// is seen again by the collector once the handle lets go of it.
-fn copy_context(py: Python<'_>) -> PyResult<PyObject> {
+fn copy_context(py: Python<'_>, untrack: bool) -> PyResult<(PyObject, bool)> {
     // SAFETY: called with the GIL held; `PyContext_CopyCurrent` returns a new reference or NULL
     // with an exception set. A fresh copy has no other owner (reference count 1, checked), is
     // tracked by the collector (contexts are GC objects), and only the handle that receives it
     // re-tracks it (`Handle::drop`), so untracking it here is balanced.
     unsafe {
         let ctx = Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())?;
-        if ffi::Py_REFCNT(ctx.as_ptr()) == 1 && ffi::PyObject_GC_IsTracked(ctx.as_ptr()) != 0 {
+        let untracked = untrack
+            && ffi::Py_REFCNT(ctx.as_ptr()) == 1
+            && ffi::PyObject_GC_IsTracked(ctx.as_ptr()) != 0;
+        if untracked {
             ffi::PyObject_GC_UnTrack(ctx.as_ptr().cast());
         }
-        Ok(ctx.unbind())
+        Ok((ctx.unbind(), untracked))
     }
 }
+
+/// `call_soon` untracks its context copy (see `copy_context`) when at least this many callbacks
+/// are already waiting: below that, the copies die before collections see them much.
+pub(crate) const UNTRACK_MIN_READY: usize = 256;
 
 impl Handle {
     fn build(
@@ -234,9 +243,10 @@ impl Handle {
         loop_: &Bound<'_, LoopCore>,
         when: f64,
         is_timer: bool,
+        untrack: bool,
     ) -> PyResult<Handle> {
         Ok(Handle {
-            data: GilCell::new(Self::fresh_data(py, callback, args, context, loop_)?),
+            data: GilCell::new(Self::fresh_data(py, callback, args, context, loop_, untrack)?),
             cancelled: AtomicBool::new(false),
             when,
             is_timer,
@@ -253,10 +263,11 @@ impl Handle {
         args: Py<PyTuple>,
         context: Option<PyObject>,
         loop_: &Bound<'_, LoopCore>,
+        untrack: bool,
     ) -> PyResult<HandleData> {
         let (context, ctx_untracked) = match context {
             Some(c) if !c.is_none(py) => (c, false),
-            _ => (copy_context(py)?, true),
+            _ => copy_context(py, untrack)?,
         };
         let source_traceback = if loop_.get().debug() {
             Some(helpers::get(py)?.source_traceback.call0(py)?)
@@ -274,18 +285,20 @@ impl Handle {
         })
     }
 
+    /// A plain handle; `untrack`: see `copy_context`.
     pub(crate) fn new_soon(
         py: Python<'_>,
         callback: PyObject,
         args: Py<PyTuple>,
         context: Option<PyObject>,
         loop_: &Bound<'_, LoopCore>,
+        untrack: bool,
     ) -> PyResult<Py<Handle>> {
         let pooled = POOL.with(py, |p| p.pop())?;
         if let Some(h) = pooled {
             // A pooled handle is empty, not cancelled... except when it was cancelled while
             // running: reset the flag. Its other fields are a plain handle's.
-            let data = Self::fresh_data(py, callback, args, context, loop_)?;
+            let data = Self::fresh_data(py, callback, args, context, loop_, untrack)?;
             let hr = h.get();
             hr.cancelled.store(false, Relaxed);
             // `take_all` emptied the pooled data: there is nothing to drop, so skip the drop glue
@@ -294,7 +307,7 @@ impl Handle {
                 .with(py, |d| std::mem::forget(std::mem::replace(d, data)))?;
             return Ok(h);
         }
-        let h = Self::build(py, callback, args, context, loop_, f64::NAN, false)?;
+        let h = Self::build(py, callback, args, context, loop_, f64::NAN, false, untrack)?;
         new_object(py, h.into(), type_ptr::<Handle>(py, &HANDLE_TYPE))
     }
 
@@ -304,7 +317,7 @@ impl Handle {
         args: Py<PyTuple>,
         loop_: &Bound<'_, LoopCore>,
     ) -> PyResult<Py<Handle>> {
-        let mut h = Self::build(py, callback, args, None, loop_, f64::NAN, false)?;
+        let mut h = Self::build(py, callback, args, None, loop_, f64::NAN, false, true)?;
         h.persistent = true;
         new_object(py, h.into(), type_ptr::<Handle>(py, &HANDLE_TYPE))
     }
@@ -317,7 +330,7 @@ impl Handle {
         context: Option<PyObject>,
         loop_: &Bound<'_, LoopCore>,
     ) -> PyResult<Py<TimerHandle>> {
-        let base = Self::build(py, callback, args, context, loop_, when, true)?;
+        let base = Self::build(py, callback, args, context, loop_, when, true, true)?;
         new_object(
             py,
             PyClassInitializer::from(base).add_subclass(TimerHandle),

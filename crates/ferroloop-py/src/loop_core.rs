@@ -23,7 +23,7 @@ use pyo3::types::{PyFloat, PyInt, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::gil::GilCell;
-use crate::handle::{Handle, TimerHandle};
+use crate::handle::{self, Handle, TimerHandle};
 use crate::helpers;
 use crate::io;
 use crate::iteration;
@@ -118,7 +118,8 @@ impl LoopCore {
         if this.debug() {
             Self::debug_checks(slf, &callback, method, method == "call_soon")?;
         }
-        let handle = Handle::new_soon(py, callback, args, context, slf)?;
+        let untrack = this.ready.with(py, |r| r.len() >= handle::UNTRACK_MIN_READY)?;
+        let handle = Handle::new_soon(py, callback, args, context, slf, untrack)?;
         let queued = handle.clone_ref(py);
         this.ready.with(py, |r| r.push(queued))?;
         Ok(handle)
