@@ -232,10 +232,12 @@ def test_handle_after_run_frees_cycle(loop):
     assert ref() is None
 
 
-def test_cycle_through_handle_context_is_collected(loop):
+@pytest.mark.parametrize('how', ['call_soon', 'call_soon_with_many_waiting', 'call_later'])
+def test_cycle_through_handle_context_is_collected(loop, how):
     # ferroloop keeps a handle's own copy of the context away from the cyclic GC while the handle
-    # is pending; a cycle made through that context must still be collected once the handle is
-    # gone, and the context must be an ordinary (tracked) object for whoever still holds it.
+    # is pending (timers; call_soon when many callbacks wait); a cycle made through that context
+    # must still be collected once the handle is gone, and the context must be an ordinary
+    # (tracked) object for whoever still holds it.
     class Box:
         pass
 
@@ -247,10 +249,18 @@ def test_cycle_through_handle_context_is_collected(loop):
         var.set(b)  # the context now references b, which references the context
         refs.append(weakref.ref(b))
 
-    h = loop.call_soon(callback)
-    kept = loop.call_soon(cb)
-    loop.call_soon(loop.stop)
+    if how == 'call_soon_with_many_waiting':
+        for _ in range(300):
+            loop.call_soon(cb)
+    if how == 'call_later':
+        h = loop.call_later(0, callback)
+        kept = loop.call_later(0, cb)
+    else:
+        h = loop.call_soon(callback)
+        kept = loop.call_soon(cb)
+    loop.call_later(0.01, loop.stop)
     loop.run_forever()
+    assert refs
     ctx = get_context(kept)
     del h, kept
     gc.collect()
