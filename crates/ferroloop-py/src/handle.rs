@@ -161,7 +161,10 @@ static HANDLE_TYPE: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(ptr::null_mut(
 static TIMER_HANDLE_TYPE: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(ptr::null_mut());
 
 #[inline]
-fn type_ptr<T: PyTypeInfo>(py: Python<'_>, cache: &AtomicPtr<ffi::PyTypeObject>) -> *mut ffi::PyTypeObject {
+fn type_ptr<T: PyTypeInfo>(
+    py: Python<'_>,
+    cache: &AtomicPtr<ffi::PyTypeObject>,
+) -> *mut ffi::PyTypeObject {
     let tp = cache.load(Relaxed);
     if !tp.is_null() {
         return tp;
@@ -184,7 +187,9 @@ fn new_object<T: PyClass>(
     // what `into_new_object` requires. It returns a new, fully initialised instance of `T`.
     unsafe {
         let obj = init.into_new_object(py, tp)?;
-        Ok(Bound::from_owned_ptr(py, obj).downcast_into_unchecked::<T>().unbind())
+        Ok(Bound::from_owned_ptr(py, obj)
+            .downcast_into_unchecked::<T>()
+            .unbind())
     }
 }
 
@@ -235,6 +240,7 @@ fn copy_context(py: Python<'_>, untrack: bool) -> PyResult<(PyObject, bool)> {
 pub(crate) const UNTRACK_MIN_READY: usize = 256;
 
 impl Handle {
+    #[allow(clippy::too_many_arguments)] // private; every caller spells the arguments out
     fn build(
         py: Python<'_>,
         callback: PyObject,
@@ -246,7 +252,9 @@ impl Handle {
         untrack: bool,
     ) -> PyResult<Handle> {
         Ok(Handle {
-            data: GilCell::new(Self::fresh_data(py, callback, args, context, loop_, untrack)?),
+            data: GilCell::new(Self::fresh_data(
+                py, callback, args, context, loop_, untrack,
+            )?),
             cancelled: AtomicBool::new(false),
             when,
             is_timer,
@@ -352,8 +360,11 @@ impl Handle {
             ffi::Py_TYPE(obj) == tp
                 && ffi::Py_REFCNT(obj) == 1
                 && ((*tp).tp_weaklistoffset <= 0
-                    || (*obj.cast::<u8>().offset((*tp).tp_weaklistoffset).cast::<*mut ffi::PyObject>())
-                        .is_null())
+                    || (*obj
+                        .cast::<u8>()
+                        .offset((*tp).tp_weaklistoffset)
+                        .cast::<*mut ffi::PyObject>())
+                    .is_null())
         };
         let this = h.get();
         if !reusable || this.persistent || this.is_timer {
@@ -494,8 +505,12 @@ impl Handle {
     /// The handle's loop (every handle outside `POOL` has one).
     fn loop_<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, LoopCore>> {
         self.data
-            .with(py, |d| d.loop_.as_ref().map(|l| l.clone_ref(py).into_bound(py)))?
-            .ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("ferroloop: handle without a loop"))
+            .with(py, |d| {
+                d.loop_.as_ref().map(|l| l.clone_ref(py).into_bound(py))
+            })?
+            .ok_or_else(|| {
+                pyo3::exceptions::PyRuntimeError::new_err("ferroloop: handle without a loop")
+            })
     }
 
     fn context_(&self, py: Python<'_>) -> PyResult<PyObject> {

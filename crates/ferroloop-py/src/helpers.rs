@@ -60,7 +60,9 @@ pub fn vectorcall<'py>(
     // hundred instructions per create_future/create_task).
     const MAX: usize = 8;
     if args.len() > MAX {
-        return Err(pyo3::exceptions::PySystemError::new_err("ferroloop: too many arguments"));
+        return Err(pyo3::exceptions::PySystemError::new_err(
+            "ferroloop: too many arguments",
+        ));
     }
     let mut ptrs = [std::ptr::null_mut::<pyo3::ffi::PyObject>(); MAX];
     for (p, a) in ptrs.iter_mut().zip(args) {

@@ -118,7 +118,9 @@ impl LoopCore {
         if this.debug() {
             Self::debug_checks(slf, &callback, method, method == "call_soon")?;
         }
-        let untrack = this.ready.with(py, |r| r.len() >= handle::UNTRACK_MIN_READY)?;
+        let untrack = this
+            .ready
+            .with(py, |r| r.len() >= handle::UNTRACK_MIN_READY)?;
         let handle = Handle::new_soon(py, callback, args, context, slf, untrack)?;
         let queued = handle.clone_ref(py);
         this.ready.with(py, |r| r.push(queued))?;
@@ -704,11 +706,9 @@ mod fastcall {
         let rest = if rest.is_empty() {
             PyTuple::empty(py)
         } else {
-            let t = Bound::from_owned_ptr_or_err(
-                py,
-                ffi::PyTuple_New(rest.len() as ffi::Py_ssize_t),
-            )?
-            .into_ptr();
+            let t =
+                Bound::from_owned_ptr_or_err(py, ffi::PyTuple_New(rest.len() as ffi::Py_ssize_t))?
+                    .into_ptr();
             for (i, &a) in rest.iter().enumerate() {
                 ffi::Py_INCREF(a);
                 ffi::PyTuple_SET_ITEM(t, i as ffi::Py_ssize_t, a);
@@ -744,7 +744,8 @@ mod fastcall {
         let mut vec = Vec::with_capacity(1 + nargs as usize + nkw);
         vec.push(slf);
         vec.extend_from_slice(std::slice::from_raw_parts(args, nargs as usize + nkw));
-        let res = ffi::PyObject_Vectorcall(method.as_ptr(), vec.as_ptr(), nargs as usize + 1, kwnames);
+        let res =
+            ffi::PyObject_Vectorcall(method.as_ptr(), vec.as_ptr(), nargs as usize + 1, kwnames);
         Bound::from_owned_ptr_or_err(py, res).map(Bound::into_ptr)
     }
 
@@ -774,7 +775,14 @@ mod fastcall {
                 kwnames: *mut ffi::PyObject,
             ) -> PyResult<*mut ffi::PyObject> {
                 let Some($a) = split(py, args, nargs, kwnames, $fixed)? else {
-                    return full(py, slf, intern!(py, stringify!($name)), args, nargs, kwnames);
+                    return full(
+                        py,
+                        slf,
+                        intern!(py, stringify!($name)),
+                        args,
+                        nargs,
+                        kwnames,
+                    );
                 };
                 let $slf = Bound::from_borrowed_ptr(py, slf).downcast_into_unchecked::<LoopCore>();
                 let $slf = &$slf;
