@@ -232,6 +232,89 @@ def test_handle_after_run_frees_cycle(loop):
     assert ref() is None
 
 
+@pytest.mark.parametrize('how', ['call_soon', 'call_soon_with_many_waiting', 'call_later'])
+def test_cycle_through_handle_context_is_collected(loop, how):
+    # ferroloop keeps a handle's own copy of the context away from the cyclic GC while the handle
+    # is pending (timers; call_soon when many callbacks wait); a cycle made through that context
+    # must still be collected once the handle is gone, and the context must be an ordinary
+    # (tracked) object for whoever still holds it.
+    class Box:
+        pass
+
+    refs = []
+
+    def callback():
+        b = Box()
+        b.ctx = get_context(h)
+        var.set(b)  # the context now references b, which references the context
+        refs.append(weakref.ref(b))
+
+    if how == 'call_soon_with_many_waiting':
+        for _ in range(300):
+            loop.call_soon(cb)
+    if how == 'call_later':
+        h = loop.call_later(0, callback)
+        kept = loop.call_later(0, cb)
+    else:
+        h = loop.call_soon(callback)
+        kept = loop.call_soon(cb)
+    loop.call_later(0.01, loop.stop)
+    loop.run_forever()
+    assert refs
+    ctx = get_context(kept)
+    del h, kept
+    gc.collect()
+    assert refs and refs[0]() is None
+    assert gc.is_tracked(ctx)
+
+
+def test_handles_created_after_many_ran_are_fresh(loop):
+    # ferroloop reuses the objects of handles nobody referenced any more; a new handle must never
+    # show anything of an old one: not cancelled, its own callback, arguments and context.
+    ran = []
+    ctx_var = contextvars.ContextVar('ctx_var')
+
+    def self_cancelling(i):
+        ran.append(i)
+        holder[i].cancel()  # cancelled while running, then forgotten
+        holder[i] = None
+
+    holder = {}
+    for i in range(300):
+        holder[i] = loop.call_soon(self_cancelling, i)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert ran == list(range(300))
+
+    seen = []
+    ctx = contextvars.copy_context()
+    ctx.run(ctx_var.set, 'mine')
+    handles = [loop.call_soon(lambda j=j: seen.append((j, ctx_var.get('none'))), context=ctx)
+               for j in range(3)]
+    handles.append(loop.call_soon(cb_args, 'x', 'y'))
+    assert not any(h.cancelled() for h in handles)
+    assert handles[3]._args == ('x', 'y') and handles[3]._callback is cb_args
+    assert get_context(handles[0]) is ctx
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen == [(0, 'mine'), (1, 'mine'), (2, 'mine')]
+
+
+def test_weakly_referenced_handle_dies(loop):
+    refs = []
+
+    def make():
+        h = loop.call_soon(cb)
+        refs.append(weakref.ref(h))
+
+    for _ in range(5):
+        make()
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    gc.collect()
+    assert all(r() is None for r in refs)
+
+
 def test_handle_weakref(loop):
     h = loop.call_soon(cb)
     r = weakref.ref(h)

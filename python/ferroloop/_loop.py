@@ -35,8 +35,8 @@ __all__ = ('Loop',)
 _Base = _be.BaseEventLoop
 
 # Rust methods bound once per loop, in the instance dict (see Loop.__init__).
-_PREBOUND = ('call_soon', 'call_later', 'call_at', 'time', 'create_future', 'create_task',
-             'get_debug')
+_PREBOUND = ('call_soon', 'call_soon_threadsafe', 'call_later', 'call_at', 'time',
+             'create_future', 'create_task', 'get_debug')
 
 class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
     """An asyncio event loop implemented in Rust."""
@@ -67,12 +67,14 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
         self._unix_server_sockets = {}  # 3.13's create_unix_server(cleanup_socket=True)
         # Methods asyncio's C Task/Future and sleep()/timeouts look up on every use: an instance
         # attribute is found without binding a new method object each time. Only for those a
-        # subclass does not override.
+        # subclass does not override. The call_* methods are bound to their direct METH_FASTCALL
+        # entry points (LoopCore._fast_method; same behaviour, less argument parsing).
         cls = type(self)
         for name in _PREBOUND:
             method = getattr(_ferroloop.LoopCore, name)
             if getattr(cls, name) is method:
-                self.__dict__[name] = method.__get__(self)
+                fast = self._fast_method(name)
+                self.__dict__[name] = method.__get__(self) if fast is None else fast
 
     # -- running ---------------------------------------------------------------------------------
 

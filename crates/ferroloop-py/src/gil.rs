@@ -20,8 +20,14 @@ pub struct GilCell<T>(RefCell<T>);
 unsafe impl<T: Send> Sync for GilCell<T> {}
 
 impl<T> GilCell<T> {
-    pub fn new(value: T) -> Self {
+    pub const fn new(value: T) -> Self {
         Self(RefCell::new(value))
+    }
+
+    /// Exclusive access through `&mut self` (no run-time check needed).
+    #[inline]
+    pub fn get_mut(&mut self) -> &mut T {
+        self.0.get_mut()
     }
 
     /// Run `f` with exclusive access. `f` must not call into Python nor drop Python objects

@@ -17,12 +17,14 @@
 //! the ready queue can hold both as `Py<Handle>`.
 
 use std::ptr;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering::Relaxed};
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::ffi;
+use pyo3::impl_::pyclass_init::PyObjectInit;
 use pyo3::prelude::*;
-use pyo3::pyclass::CompareOp;
+use pyo3::pyclass::{CompareOp, PyClass};
+use pyo3::type_object::PyTypeInfo;
 use pyo3::types::{PyFloat, PyTuple};
 
 use crate::gil::GilCell;
@@ -34,20 +36,77 @@ pub(crate) struct HandleData {
     args: Option<Py<PyTuple>>,
     /// Kept on cancel() in debug mode, as asyncio does.
     repr: Option<PyObject>,
+    /// The context, the loop and the debug-mode traceback are `None` only while the handle waits
+    /// in `POOL` for reuse (never visible: nothing else references a pooled handle).
+    context: Option<PyObject>,
+    /// `context` is this handle's own copy, possibly untracked (see `copy_context`).
+    ctx_untracked: bool,
+    loop_: Option<Py<LoopCore>>,
+    source_traceback: Option<PyObject>,
 }
 
-#[pyclass(
-    frozen,
-    subclass,
-    weakref,
-    freelist = 256,
-    module = "ferroloop._ferroloop"
-)]
+impl HandleData {
+    /// Everything the handle references, handed out to be released outside the borrow.
+    fn take_all(&mut self) -> Released {
+        Released {
+            objects: [
+                self.callback.take(),
+                self.args.take().map(Py::into_any),
+                self.repr.take(),
+                self.loop_.take().map(Py::into_any),
+                self.source_traceback.take(),
+            ],
+            context: self.context.take(),
+            ctx_untracked: std::mem::take(&mut self.ctx_untracked),
+        }
+    }
+}
+
+/// References taken out of a handle (`HandleData::take_all`), released by `release` with direct
+/// decrefs — callers hold the GIL, so PyO3's "is the GIL held?" check on drop is not needed.
+struct Released {
+    objects: [Option<PyObject>; 5],
+    context: Option<PyObject>,
+    ctx_untracked: bool,
+}
+
+impl Released {
+    fn release(self) {
+        // SAFETY: called with the GIL held (from `Handle::recycle`); each reference is owned
+        // here and handed to exactly one decref.
+        unsafe {
+            release_context(self.context, self.ctx_untracked);
+            for o in self.objects.into_iter().flatten() {
+                ffi::Py_DECREF(o.into_ptr());
+            }
+        }
+    }
+}
+
+/// Release a handle's context.
+///
+/// # Safety
+/// GIL held.
+#[inline]
+unsafe fn release_context(ctx: Option<PyObject>, untracked: bool) {
+    if let Some(ctx) = ctx {
+        let ctx = ctx.into_ptr();
+        if untracked && ffi::PyObject_GC_IsTracked(ctx) == 0 {
+            // Our own copy, untracked by `copy_context`: back under the collector before anyone
+            // else may be left holding it (and before CPython's context dealloc, which assumes
+            // a tracked object).
+            ffi::PyObject_GC_Track(ctx.cast());
+        }
+        ffi::Py_DECREF(ctx);
+    }
+}
+
+// No `freelist`: PyO3's free list takes a mutex on every allocation and release (it is built
+// for free-threading too); CPython's own small-object allocator is cheaper (measured with
+// callgrind, see docs/architecture.md "Handles").
+#[pyclass(frozen, subclass, weakref, module = "ferroloop._ferroloop")]
 pub struct Handle {
     data: GilCell<HandleData>,
-    context: PyObject,
-    loop_: Py<LoopCore>,
-    source_traceback: Option<PyObject>,
     cancelled: AtomicBool,
     /// Deadline of a TimerHandle (NaN for a plain Handle).
     pub(crate) when: f64,
@@ -59,8 +118,80 @@ pub struct Handle {
     pub(crate) persistent: bool,
 }
 
-#[pyclass(frozen, extends = Handle, freelist = 256, module = "ferroloop._ferroloop")]
+#[pyclass(frozen, extends = Handle, module = "ferroloop._ferroloop")]
 pub struct TimerHandle;
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // Dropping a `Py` asks PyO3 whether this thread holds the GIL (a thread-local lookup per
+        // field); a Handle is only dropped by its tp_dealloc or by this crate's own code, always
+        // with the GIL held, so `release` decrefs directly.
+        let d = self.data.get_mut();
+        // SAFETY: the GIL is held (see above); each reference is taken out of its field, so it
+        // is released exactly once.
+        unsafe {
+            release_context(d.context.take(), d.ctx_untracked);
+            for o in [d.callback.take(), d.repr.take(), d.source_traceback.take()]
+                .into_iter()
+                .flatten()
+            {
+                ffi::Py_DECREF(o.into_ptr());
+            }
+            if let Some(a) = d.args.take() {
+                ffi::Py_DECREF(a.into_ptr());
+            }
+            if let Some(l) = d.loop_.take() {
+                ffi::Py_DECREF(l.into_ptr());
+            }
+        }
+    }
+}
+
+/// Plain handles that ran and that nobody else referenced, emptied, for reuse by `new_soon`:
+/// a handle per `call_soon` then costs neither an allocation nor a deallocation (PyO3's
+/// deallocation path alone was about 190 instructions per handle). Only handles of exactly the
+/// `Handle` type, with no weak reference, and whose last reference the loop held go here, so
+/// reuse cannot be observed. A pooled handle references nothing (not even its loop).
+static POOL: GilCell<Vec<Py<Handle>>> = GilCell::new(Vec::new());
+const POOL_MAX: usize = 256;
+
+/// Type objects of `Handle` and `TimerHandle`, looked up once: PyO3's lazy type-object lookup
+/// costs tens of instructions and `Py::new` does it on every call.
+static HANDLE_TYPE: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(ptr::null_mut());
+static TIMER_HANDLE_TYPE: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(ptr::null_mut());
+
+#[inline]
+fn type_ptr<T: PyTypeInfo>(
+    py: Python<'_>,
+    cache: &AtomicPtr<ffi::PyTypeObject>,
+) -> *mut ffi::PyTypeObject {
+    let tp = cache.load(Relaxed);
+    if !tp.is_null() {
+        return tp;
+    }
+    // PyO3 keeps a strong reference to a pyclass's type object for the life of the process, so
+    // the pointer stays valid.
+    let tp = T::type_object_raw(py);
+    cache.store(tp, Relaxed);
+    tp
+}
+
+/// `Py::new` with the cached type object.
+#[inline]
+fn new_object<T: PyClass>(
+    py: Python<'_>,
+    init: PyClassInitializer<T>,
+    tp: *mut ffi::PyTypeObject,
+) -> PyResult<Py<T>> {
+    // SAFETY: GIL held; `tp` is the type object of `T` itself (from `type_ptr::<T>`), which is
+    // what `into_new_object` requires. It returns a new, fully initialised instance of `T`.
+    unsafe {
+        let obj = init.into_new_object(py, tp)?;
+        Ok(Bound::from_owned_ptr(py, obj)
+            .downcast_into_unchecked::<T>()
+            .unbind())
+    }
+}
 
 /// `callback(*args)`. Task steps (no argument) and future callbacks (one argument) are nearly
 /// every call: they go straight to vectorcall instead of unpacking the tuple.
@@ -76,13 +207,40 @@ unsafe fn call(callback: *mut ffi::PyObject, args: *mut ffi::PyObject) -> *mut f
     }
 }
 
-/// `contextvars.copy_context()`.
-fn copy_context(py: Python<'_>) -> PyResult<PyObject> {
-    // SAFETY: called with the GIL held; returns a new reference or NULL with an exception set.
-    unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()).map(Bound::unbind) }
+/// `contextvars.copy_context()`; with `untrack`, taken out of the cyclic garbage collector while
+/// the handle is pending (`release_context` puts it back). Returns whether it was untracked.
+///
+/// Untracking costs a few dozen instructions per handle and pays only when contexts live long
+/// enough to be traversed by collections: for timers, and for `call_soon` when many callbacks are
+/// already waiting (`UNTRACK_MIN_READY`). A pending handle's copy is referenced by the handle alone, and handles are not tracked: with
+/// many handles pending (a producer thread ahead of the loop, a fan-out, thousands of timers),
+/// collections kept traversing these contexts — 12 % of all instructions of the threadsafe
+/// benchmark, most of `copy_context`'s cost there. A fresh copy cannot be part of a reference
+/// cycle yet; one made later through it (code storing the context in one of its own variables)
+/// is seen again by the collector once the handle lets go of it.
+fn copy_context(py: Python<'_>, untrack: bool) -> PyResult<(PyObject, bool)> {
+    // SAFETY: called with the GIL held; `PyContext_CopyCurrent` returns a new reference or NULL
+    // with an exception set. A fresh copy has no other owner (reference count 1, checked), is
+    // tracked by the collector (contexts are GC objects), and only the handle that receives it
+    // re-tracks it (`Handle::drop`), so untracking it here is balanced.
+    unsafe {
+        let ctx = Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())?;
+        let untracked = untrack
+            && ffi::Py_REFCNT(ctx.as_ptr()) == 1
+            && ffi::PyObject_GC_IsTracked(ctx.as_ptr()) != 0;
+        if untracked {
+            ffi::PyObject_GC_UnTrack(ctx.as_ptr().cast());
+        }
+        Ok((ctx.unbind(), untracked))
+    }
 }
 
+/// `call_soon` untracks its context copy (see `copy_context`) when at least this many callbacks
+/// are already waiting: below that, the copies die before collections see them much.
+pub(crate) const UNTRACK_MIN_READY: usize = 256;
+
 impl Handle {
+    #[allow(clippy::too_many_arguments)] // private; every caller spells the arguments out
     fn build(
         py: Python<'_>,
         callback: PyObject,
@@ -91,25 +249,12 @@ impl Handle {
         loop_: &Bound<'_, LoopCore>,
         when: f64,
         is_timer: bool,
+        untrack: bool,
     ) -> PyResult<Handle> {
-        let context = match context {
-            Some(c) if !c.is_none(py) => c,
-            _ => copy_context(py)?,
-        };
-        let source_traceback = if loop_.get().debug() {
-            Some(helpers::get(py)?.source_traceback.call0(py)?)
-        } else {
-            None
-        };
         Ok(Handle {
-            data: GilCell::new(HandleData {
-                callback: Some(callback),
-                args: Some(args),
-                repr: None,
-            }),
-            context,
-            loop_: loop_.clone().unbind(),
-            source_traceback,
+            data: GilCell::new(Self::fresh_data(
+                py, callback, args, context, loop_, untrack,
+            )?),
             cancelled: AtomicBool::new(false),
             when,
             is_timer,
@@ -118,17 +263,60 @@ impl Handle {
         })
     }
 
+    /// The mutable part of a new handle: `context` or a copy of the current one, and in debug
+    /// mode the traceback of where it was created.
+    fn fresh_data(
+        py: Python<'_>,
+        callback: PyObject,
+        args: Py<PyTuple>,
+        context: Option<PyObject>,
+        loop_: &Bound<'_, LoopCore>,
+        untrack: bool,
+    ) -> PyResult<HandleData> {
+        let (context, ctx_untracked) = match context {
+            Some(c) if !c.is_none(py) => (c, false),
+            _ => copy_context(py, untrack)?,
+        };
+        let source_traceback = if loop_.get().debug() {
+            Some(helpers::get(py)?.source_traceback.call0(py)?)
+        } else {
+            None
+        };
+        Ok(HandleData {
+            callback: Some(callback),
+            args: Some(args),
+            repr: None,
+            context: Some(context),
+            ctx_untracked,
+            loop_: Some(loop_.clone().unbind()),
+            source_traceback,
+        })
+    }
+
+    /// A plain handle; `untrack`: see `copy_context`.
     pub(crate) fn new_soon(
         py: Python<'_>,
         callback: PyObject,
         args: Py<PyTuple>,
         context: Option<PyObject>,
         loop_: &Bound<'_, LoopCore>,
+        untrack: bool,
     ) -> PyResult<Py<Handle>> {
-        Py::new(
-            py,
-            Self::build(py, callback, args, context, loop_, f64::NAN, false)?,
-        )
+        let pooled = POOL.with(py, |p| p.pop())?;
+        if let Some(h) = pooled {
+            // A pooled handle is empty, not cancelled... except when it was cancelled while
+            // running: reset the flag. Its other fields are a plain handle's.
+            let data = Self::fresh_data(py, callback, args, context, loop_, untrack)?;
+            let hr = h.get();
+            hr.cancelled.store(false, Relaxed);
+            // `take_all` emptied the pooled data: there is nothing to drop, so skip the drop glue
+            // (a leak, never a double release, should that ever not hold).
+            hr.data
+                .with(py, |d| std::mem::forget(std::mem::replace(d, data)))?;
+            return Ok(h);
+        }
+        let h = Self::build(py, callback, args, context, loop_, f64::NAN, false, untrack)?;
+        new_object(py, h.into(), type_ptr::<Handle>(py, &HANDLE_TYPE))
     }
 
     pub(crate) fn new_io(
@@ -137,9 +325,9 @@ impl Handle {
         args: Py<PyTuple>,
         loop_: &Bound<'_, LoopCore>,
     ) -> PyResult<Py<Handle>> {
-        let mut h = Self::build(py, callback, args, None, loop_, f64::NAN, false)?;
+        let mut h = Self::build(py, callback, args, None, loop_, f64::NAN, false, true)?;
         h.persistent = true;
-        Py::new(py, h)
+        new_object(py, h.into(), type_ptr::<Handle>(py, &HANDLE_TYPE))
     }
 
     pub(crate) fn new_timer(
@@ -150,8 +338,50 @@ impl Handle {
         context: Option<PyObject>,
         loop_: &Bound<'_, LoopCore>,
     ) -> PyResult<Py<TimerHandle>> {
-        let base = Self::build(py, callback, args, context, loop_, when, true)?;
-        Py::new(py, PyClassInitializer::from(base).add_subclass(TimerHandle))
+        let base = Self::build(py, callback, args, context, loop_, when, true, true)?;
+        new_object(
+            py,
+            PyClassInitializer::from(base).add_subclass(TimerHandle),
+            type_ptr::<TimerHandle>(py, &TIMER_HANDLE_TYPE),
+        )
+    }
+
+    /// The loop thread let go of a handle that ran (or was found cancelled): keep it for reuse
+    /// when nothing else can see it (see `POOL`), else just drop it.
+    #[inline]
+    pub(crate) fn recycle(h: Bound<'_, Handle>) {
+        let py = h.py();
+        let tp = HANDLE_TYPE.load(Relaxed);
+        let obj = h.as_ptr();
+        // SAFETY: GIL held; `obj` is a live object, of type `tp` when the first test passes, and
+        // `tp_weaklistoffset` of that type is the offset of its weak-reference list pointer
+        // (PyO3 sets it for `weakref` classes; 0 would mean none).
+        let reusable = unsafe {
+            ffi::Py_TYPE(obj) == tp
+                && ffi::Py_REFCNT(obj) == 1
+                && ((*tp).tp_weaklistoffset <= 0
+                    || (*obj
+                        .cast::<u8>()
+                        .offset((*tp).tp_weaklistoffset)
+                        .cast::<*mut ffi::PyObject>())
+                    .is_null())
+        };
+        let this = h.get();
+        if !reusable || this.persistent || this.is_timer {
+            return; // `h` drops: an ordinary decref
+        }
+        // A full pool (a producer thread far ahead of the loop): the ordinary deallocation.
+        if POOL.with(py, |p| p.len() >= POOL_MAX).unwrap_or(true) {
+            return;
+        }
+        let Ok(released) = this.data.with(py, HandleData::take_all) else {
+            return;
+        };
+        let pushed = POOL.with(py, |p| p.push(h.unbind()));
+        // Released outside every borrow and after the handle is pooled: a destructor run by
+        // these decrefs may schedule callbacks, which may take this handle from the pool.
+        released.release();
+        drop(pushed);
     }
 
     #[inline]
@@ -174,23 +404,25 @@ impl Handle {
         // Bound (not Py): dropping a Bound decrefs directly, without the "is the GIL held?" check
         // that dropping a Py performs.
         let taken = h.data.with(py, |d| {
+            let ctx = d.context.as_ref()?.clone_ref(py);
             if keep {
                 match (&d.callback, &d.args) {
-                    (Some(c), Some(a)) => Some((c.clone_ref(py), a.clone_ref(py))),
+                    (Some(c), Some(a)) => Some((c.clone_ref(py), a.clone_ref(py), ctx)),
                     _ => None,
                 }
             } else {
                 match (d.callback.take(), d.args.take()) {
-                    (Some(c), Some(a)) => Some((c, a)),
+                    (Some(c), Some(a)) => Some((c, a, ctx)),
                     _ => None,
                 }
             }
         })?;
-        let Some((callback, args)) = taken else {
+        let Some((callback, args, ctx)) = taken else {
             return Ok(()); // cancelled before it ran
         };
         let (callback, args) = (callback.into_bound(py), args.into_bound(py));
-        let ctx = h.context.as_ptr();
+        let ctx = ctx.into_bound(py); // our own reference for the call: a direct decref after
+        let ctx = ctx.as_ptr();
         // SAFETY: GIL held; `ctx`, `callback` and `args` are live references we own for the
         // duration of the call. Enter/Exit are balanced on every path; a NULL result means a
         // Python exception is set, which PyErr::fetch takes.
@@ -239,10 +471,11 @@ impl Handle {
         if h.cancelled.swap(true, Relaxed) {
             return Ok(());
         }
+        let loop_ = h.loop_(py)?;
         if h.is_timer && h.scheduled.load(Relaxed) {
-            h.loop_.get().timer_cancelled(py)?;
+            loop_.get().timer_cancelled(py)?;
         }
-        let repr = if h.loop_debug() {
+        let repr = if loop_.get().debug() {
             Some(slf.repr()?.into_any().unbind())
         } else {
             None
@@ -269,8 +502,22 @@ impl Handle {
         Ok(())
     }
 
-    fn loop_debug(&self) -> bool {
-        self.loop_.get().debug()
+    /// The handle's loop (every handle outside `POOL` has one).
+    fn loop_<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, LoopCore>> {
+        self.data
+            .with(py, |d| {
+                d.loop_.as_ref().map(|l| l.clone_ref(py).into_bound(py))
+            })?
+            .ok_or_else(|| {
+                pyo3::exceptions::PyRuntimeError::new_err("ferroloop: handle without a loop")
+            })
+    }
+
+    fn context_(&self, py: Python<'_>) -> PyResult<PyObject> {
+        Ok(self
+            .data
+            .with(py, |d| d.context.as_ref().map(|c| c.clone_ref(py)))?
+            .unwrap_or_else(|| py.None()))
     }
 }
 
@@ -285,8 +532,8 @@ impl Handle {
         self.is_cancelled()
     }
 
-    fn get_context(&self, py: Python<'_>) -> PyObject {
-        self.context.clone_ref(py)
+    fn get_context(&self, py: Python<'_>) -> PyResult<PyObject> {
+        self.context_(py)
     }
 
     fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -323,18 +570,19 @@ impl Handle {
     }
 
     #[getter]
-    fn _loop(&self, py: Python<'_>) -> Py<LoopCore> {
-        self.loop_.clone_ref(py)
+    fn _loop(&self, py: Python<'_>) -> PyResult<Py<LoopCore>> {
+        self.loop_(py).map(Bound::unbind)
     }
 
     #[getter]
-    fn _context(&self, py: Python<'_>) -> PyObject {
-        self.context.clone_ref(py)
+    fn _context(&self, py: Python<'_>) -> PyResult<PyObject> {
+        self.context_(py)
     }
 
     #[getter]
-    fn _source_traceback(&self, py: Python<'_>) -> Option<PyObject> {
-        self.source_traceback.as_ref().map(|t| t.clone_ref(py))
+    fn _source_traceback(&self, py: Python<'_>) -> PyResult<Option<PyObject>> {
+        self.data
+            .with(py, |d| d.source_traceback.as_ref().map(|t| t.clone_ref(py)))
     }
 
     #[getter]

@@ -41,11 +41,9 @@ pub(crate) fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
         }
         t.next_deadline()
     })?;
-    if !removed.is_empty() {
-        for h in &removed {
-            h.get().scheduled.store(false, Relaxed);
-        }
-        drop(removed);
+    for h in removed {
+        h.get().scheduled.store(false, Relaxed);
+        drop(h.into_bound(py)); // a direct decref, without PyO3's "is the GIL held?" check
     }
 
     // 2. how long to wait
@@ -83,6 +81,7 @@ pub(crate) fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
         };
         let handle = handle.into_bound(py); // dropped as Bound: a direct decref
         if handle.get().is_cancelled() {
+            Handle::recycle(handle);
             continue;
         }
         let persistent = handle.get().persistent;
@@ -93,7 +92,9 @@ pub(crate) fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
             }
             result?;
         } else {
-            Handle::run(&handle, persistent)?;
+            let result = Handle::run(&handle, persistent);
+            Handle::recycle(handle);
+            result?;
         }
     }
     Ok(())

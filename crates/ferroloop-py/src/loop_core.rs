@@ -23,7 +23,7 @@ use pyo3::types::{PyFloat, PyInt, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::gil::GilCell;
-use crate::handle::{Handle, TimerHandle};
+use crate::handle::{self, Handle, TimerHandle};
 use crate::helpers;
 use crate::io;
 use crate::iteration;
@@ -108,7 +108,7 @@ impl LoopCore {
     fn schedule_soon(
         slf: &Bound<'_, Self>,
         callback: PyObject,
-        args: &Bound<'_, PyTuple>,
+        args: Py<PyTuple>,
         context: Option<PyObject>,
         method: &str,
     ) -> PyResult<Py<Handle>> {
@@ -118,7 +118,10 @@ impl LoopCore {
         if this.debug() {
             Self::debug_checks(slf, &callback, method, method == "call_soon")?;
         }
-        let handle = Handle::new_soon(py, callback, args.clone().unbind(), context, slf)?;
+        let untrack = this
+            .ready
+            .with(py, |r| r.len() >= handle::UNTRACK_MIN_READY)?;
+        let handle = Handle::new_soon(py, callback, args, context, slf, untrack)?;
         let queued = handle.clone_ref(py);
         this.ready.with(py, |r| r.push(queued))?;
         Ok(handle)
@@ -128,7 +131,7 @@ impl LoopCore {
         slf: &Bound<'_, Self>,
         when: f64,
         callback: PyObject,
-        args: &Bound<'_, PyTuple>,
+        args: Py<PyTuple>,
         context: Option<PyObject>,
     ) -> PyResult<Py<TimerHandle>> {
         let py = slf.py();
@@ -137,10 +140,50 @@ impl LoopCore {
         if this.debug() {
             Self::debug_checks(slf, &callback, "call_at", true)?;
         }
-        let timer = Handle::new_timer(py, when, callback, args.clone().unbind(), context, slf)?;
+        let timer = Handle::new_timer(py, when, callback, args, context, slf)?;
         let as_handle: Py<Handle> = timer.clone_ref(py).into_bound(py).into_super().unbind();
         this.timers.with(py, |t| t.push(when, as_handle))?;
         Ok(timer)
+    }
+
+    fn call_soon_threadsafe_(
+        slf: &Bound<'_, Self>,
+        callback: PyObject,
+        args: Py<PyTuple>,
+        context: Option<PyObject>,
+    ) -> PyResult<Py<Handle>> {
+        let handle = Self::schedule_soon(slf, callback, args, context, "call_soon_threadsafe")?;
+        slf.get().waker.wake();
+        Ok(handle)
+    }
+
+    fn call_later_(
+        slf: &Bound<'_, Self>,
+        delay: &Bound<'_, PyAny>,
+        callback: PyObject,
+        args: Py<PyTuple>,
+        context: Option<PyObject>,
+    ) -> PyResult<Py<TimerHandle>> {
+        if delay.is_none() {
+            return Err(PyTypeError::new_err("delay must not be None"));
+        }
+        let when = deadline(slf.py(), slf.get().now(), delay)?;
+        Self::schedule_at(slf, when, callback, args, context)
+    }
+
+    fn call_at_(
+        slf: &Bound<'_, Self>,
+        when: &Bound<'_, PyAny>,
+        callback: PyObject,
+        args: Py<PyTuple>,
+        context: Option<PyObject>,
+    ) -> PyResult<Py<TimerHandle>> {
+        if when.is_none() {
+            return Err(PyTypeError::new_err("when cannot be None"));
+        }
+        // Not a real number: TypeError at once (asyncio would fail later, inside the loop).
+        let when = when.extract::<f64>()?;
+        Self::schedule_at(slf, when, callback, args, context)
     }
 }
 
@@ -230,6 +273,9 @@ impl LoopCore {
         self.now()
     }
 
+    // The four scheduling methods below are what `Loop.call_soon` etc. resolve to on the class;
+    // on a `Loop` instance the same names are the direct entry points of `fastcall` below (bound
+    // in `Loop.__init__`), which share the code above.
     #[pyo3(signature = (callback, *args, context=None))]
     fn call_soon(
         slf: &Bound<'_, Self>,
@@ -237,7 +283,7 @@ impl LoopCore {
         args: &Bound<'_, PyTuple>,
         context: Option<PyObject>,
     ) -> PyResult<Py<Handle>> {
-        Self::schedule_soon(slf, callback, args, context, "call_soon")
+        Self::schedule_soon(slf, callback, args.clone().unbind(), context, "call_soon")
     }
 
     /// Like call_soon(), but thread-safe: also wakes the loop if it is blocked waiting.
@@ -248,9 +294,7 @@ impl LoopCore {
         args: &Bound<'_, PyTuple>,
         context: Option<PyObject>,
     ) -> PyResult<Py<Handle>> {
-        let handle = Self::schedule_soon(slf, callback, args, context, "call_soon_threadsafe")?;
-        slf.get().waker.wake();
-        Ok(handle)
+        Self::call_soon_threadsafe_(slf, callback, args.clone().unbind(), context)
     }
 
     #[pyo3(signature = (delay, callback, *args, context=None))]
@@ -261,11 +305,7 @@ impl LoopCore {
         args: &Bound<'_, PyTuple>,
         context: Option<PyObject>,
     ) -> PyResult<Py<TimerHandle>> {
-        if delay.is_none() {
-            return Err(PyTypeError::new_err("delay must not be None"));
-        }
-        let when = deadline(slf.py(), slf.get().now(), delay)?;
-        Self::schedule_at(slf, when, callback, args, context)
+        Self::call_later_(slf, delay, callback, args.clone().unbind(), context)
     }
 
     #[pyo3(signature = (when, callback, *args, context=None))]
@@ -276,12 +316,14 @@ impl LoopCore {
         args: &Bound<'_, PyTuple>,
         context: Option<PyObject>,
     ) -> PyResult<Py<TimerHandle>> {
-        if when.is_none() {
-            return Err(PyTypeError::new_err("when cannot be None"));
-        }
-        // Not a real number: TypeError at once (asyncio would fail later, inside the loop).
-        let when = when.extract::<f64>()?;
-        Self::schedule_at(slf, when, callback, args, context)
+        Self::call_at_(slf, when, callback, args.clone().unbind(), context)
+    }
+
+    /// `name` of this loop as a builtin method with a direct METH_FASTCALL entry point (see
+    /// `fastcall` below), or None if `name` has none. `Loop.__init__` stores these in the instance
+    /// dict.
+    fn _fast_method(slf: &Bound<'_, Self>, name: &str) -> PyResult<Option<PyObject>> {
+        fastcall::bind(slf, name)
     }
 
     /// Stop after the current iteration (callbacks already scheduled for it still run).
@@ -498,4 +540,291 @@ impl LoopCore {
             let _ = self._close_core(py);
         })
     }
+}
+
+/// Direct METH_FASTCALL|METH_KEYWORDS entry points for `call_soon`, `call_soon_threadsafe`,
+/// `call_later` and `call_at`, the calls every task step, future callback and timeout makes.
+///
+/// PyO3's generated wrapper for `(callback, *args, context=None)` parses its arguments through a
+/// generic description, builds the `*args` tuple even when it is empty, and type-checks `self`
+/// (a lazy type-object lookup) on every call. These entry points are bound to one loop
+/// (`PyCFunction_NewEx` with `self`, stored in the loop's instance dict by `Loop.__init__`, only
+/// when the method is not overridden), so `self` is known to be a `LoopCore`; they take the
+/// positional arguments straight from the vector and accept `context=` as the only keyword.
+/// Anything else (no callback, other keywords, `callback=` by keyword) goes to the PyO3 method
+/// itself, so errors and messages are unchanged. They still run inside PyO3's trampoline: panics
+/// become Python exceptions and PyO3's GIL bookkeeping is kept.
+mod fastcall {
+    use std::os::raw::c_char;
+    use std::ptr;
+
+    use pyo3::ffi;
+    use pyo3::intern;
+    use pyo3::prelude::*;
+    use pyo3::sync::GILOnceCell;
+    use pyo3::types::PyTuple;
+
+    use super::LoopCore;
+
+    /// A `PyMethodDef` in a static: CPython only reads it.
+    struct MethodDef(ffi::PyMethodDef);
+    // SAFETY: the definition is immutable and its pointers are to 'static C strings and functions.
+    unsafe impl Sync for MethodDef {}
+
+    const FLAGS: std::os::raw::c_int = ffi::METH_FASTCALL | ffi::METH_KEYWORDS;
+
+    macro_rules! method_def {
+        ($name:literal, $func:ident, $doc:literal) => {
+            MethodDef(ffi::PyMethodDef {
+                ml_name: concat!($name, "\0").as_ptr() as *const c_char,
+                ml_meth: ffi::PyMethodDefPointer {
+                    PyCFunctionFastWithKeywords: $func,
+                },
+                ml_flags: FLAGS,
+                ml_doc: concat!($doc, "\0").as_ptr() as *const c_char,
+            })
+        };
+    }
+
+    static CALL_SOON: MethodDef = method_def!(
+        "call_soon",
+        call_soon,
+        "call_soon($self, callback, *args, context=None)\n--\n\n"
+    );
+    static CALL_SOON_THREADSAFE: MethodDef = method_def!(
+        "call_soon_threadsafe",
+        call_soon_threadsafe,
+        "call_soon_threadsafe($self, callback, *args, context=None)\n--\n\n\
+         Like call_soon(), but thread-safe: also wakes the loop if it is blocked waiting."
+    );
+    static CALL_LATER: MethodDef = method_def!(
+        "call_later",
+        call_later,
+        "call_later($self, delay, callback, *args, context=None)\n--\n\n"
+    );
+    static CALL_AT: MethodDef = method_def!(
+        "call_at",
+        call_at,
+        "call_at($self, when, callback, *args, context=None)\n--\n\n"
+    );
+
+    pub(super) fn bind(slf: &Bound<'_, LoopCore>, name: &str) -> PyResult<Option<PyObject>> {
+        let def = match name {
+            "call_soon" => &CALL_SOON,
+            "call_soon_threadsafe" => &CALL_SOON_THREADSAFE,
+            "call_later" => &CALL_LATER,
+            "call_at" => &CALL_AT,
+            _ => return Ok(None),
+        };
+        // SAFETY: GIL held; `def` is a 'static, valid method definition that CPython never
+        // writes to (the `*mut` is the C API's signature only); `slf` is a live LoopCore, which
+        // the builtin keeps a strong reference to. Returns a new reference or NULL with an
+        // exception set.
+        unsafe {
+            let f = ffi::PyCFunction_NewEx(
+                &def.0 as *const ffi::PyMethodDef as *mut ffi::PyMethodDef,
+                slf.as_ptr(),
+                ptr::null_mut(),
+            );
+            Bound::from_owned_ptr_or_err(slf.py(), f).map(|f| Some(f.unbind()))
+        }
+    }
+
+    /// The `"context"` keyword name of asyncio's C Task and Future (a string object of their own,
+    /// not the interned one), kept here — a strong reference, so the pointer stays that string's —
+    /// after the first full comparison found it.
+    static C_CONTEXT_NAME: GILOnceCell<Py<PyAny>> = GILOnceCell::new();
+
+    /// Whether `name` (a keyword name) is `"context"`, for names other than the interned string.
+    ///
+    /// # Safety
+    /// GIL held; `name` a valid borrowed reference.
+    #[inline]
+    unsafe fn is_c_context_name(py: Python<'_>, name: *mut ffi::PyObject) -> bool {
+        if let Some(known) = C_CONTEXT_NAME.get(py) {
+            if known.as_ptr() == name {
+                return true;
+            }
+        }
+        let is_context = ffi::PyUnicode_Check(name) != 0
+            && ffi::PyUnicode_CompareWithASCIIString(name, c"context".as_ptr()) == 0;
+        if is_context && C_CONTEXT_NAME.get(py).is_none() {
+            let _ = C_CONTEXT_NAME.set(py, Bound::from_borrowed_ptr(py, name).unbind());
+        }
+        is_context
+    }
+
+    /// The arguments of one call, when they take the fast path: `fixed` leading positional
+    /// arguments, then `*args`, then at most `context=`.
+    struct Args<'a, 'py> {
+        fixed: &'a [*mut ffi::PyObject],
+        rest: Bound<'py, PyTuple>,
+        context: Option<PyObject>,
+    }
+
+    /// Split the vector, or None when the call needs the full argument parser.
+    /// Fails only when the `*args` tuple cannot be allocated.
+    ///
+    /// # Safety
+    /// GIL held; `args` holds `nargs` positional arguments followed by one value per name in
+    /// `kwnames` (NULL or a tuple), all valid borrowed references for the call's duration.
+    #[inline]
+    unsafe fn split<'a, 'py>(
+        py: Python<'py>,
+        args: *const *mut ffi::PyObject,
+        nargs: ffi::Py_ssize_t,
+        kwnames: *mut ffi::PyObject,
+        fixed: usize,
+    ) -> PyResult<Option<Args<'a, 'py>>> {
+        let Ok(nargs) = usize::try_from(nargs) else {
+            return Ok(None);
+        };
+        if nargs < fixed {
+            return Ok(None);
+        }
+        let nkw = if kwnames.is_null() {
+            0
+        } else {
+            ffi::PyTuple_GET_SIZE(kwnames) as usize
+        };
+        let context = match nkw {
+            0 => None,
+            1 => {
+                // `context=` written in Python code is the interned string, so the pointer
+                // comparison usually decides; C callers (asyncio's C Task and Future) pass a
+                // string of their own. Any other name takes the full parser.
+                let name = ffi::PyTuple_GET_ITEM(kwnames, 0);
+                if name != intern!(py, "context").as_ptr() && !is_c_context_name(py, name) {
+                    return Ok(None);
+                }
+                Some(Bound::from_borrowed_ptr(py, *args.add(nargs)).unbind())
+            }
+            _ => return Ok(None),
+        };
+        let all = std::slice::from_raw_parts(args, nargs);
+        let (fixed, rest) = all.split_at(fixed);
+        let rest = if rest.is_empty() {
+            PyTuple::empty(py)
+        } else {
+            let t =
+                Bound::from_owned_ptr_or_err(py, ffi::PyTuple_New(rest.len() as ffi::Py_ssize_t))?
+                    .into_ptr();
+            for (i, &a) in rest.iter().enumerate() {
+                ffi::Py_INCREF(a);
+                ffi::PyTuple_SET_ITEM(t, i as ffi::Py_ssize_t, a);
+            }
+            Bound::from_owned_ptr(py, t).downcast_into_unchecked()
+        };
+        Ok(Some(Args {
+            fixed,
+            rest,
+            context,
+        }))
+    }
+
+    /// The PyO3 method `LoopCore.<name>` called with the same arguments: the slow path, for
+    /// every call `split` does not take.
+    ///
+    /// # Safety
+    /// As `split`.
+    unsafe fn full(
+        py: Python<'_>,
+        slf: *mut ffi::PyObject,
+        name: &Bound<'_, pyo3::types::PyString>,
+        args: *const *mut ffi::PyObject,
+        nargs: ffi::Py_ssize_t,
+        kwnames: *mut ffi::PyObject,
+    ) -> PyResult<*mut ffi::PyObject> {
+        let method = py.get_type::<LoopCore>().getattr(name)?;
+        let nkw = if kwnames.is_null() {
+            0
+        } else {
+            ffi::PyTuple_GET_SIZE(kwnames) as usize
+        };
+        let mut vec = Vec::with_capacity(1 + nargs as usize + nkw);
+        vec.push(slf);
+        vec.extend_from_slice(std::slice::from_raw_parts(args, nargs as usize + nkw));
+        let res =
+            ffi::PyObject_Vectorcall(method.as_ptr(), vec.as_ptr(), nargs as usize + 1, kwnames);
+        Bound::from_owned_ptr_or_err(py, res).map(Bound::into_ptr)
+    }
+
+    macro_rules! entry {
+        ($name:ident, $fixed:literal, |$slf:ident, $a:ident| $body:expr) => {
+            pub(super) unsafe extern "C" fn $name(
+                slf: *mut ffi::PyObject,
+                args: *const *mut ffi::PyObject,
+                nargs: ffi::Py_ssize_t,
+                kwnames: *mut ffi::PyObject,
+            ) -> *mut ffi::PyObject {
+                // SAFETY: the trampoline catches panics and restores a returned error as the
+                // Python exception; `imp` gets the arguments CPython passed, unchanged.
+                unsafe {
+                    pyo3::impl_::trampoline::fastcall_with_keywords(slf, args, nargs, kwnames, imp)
+                }
+            }
+
+            /// # Safety
+            /// Called by CPython through the method definition above: GIL held, `slf` the
+            /// LoopCore the builtin was bound to by `bind`, arguments as `split` requires.
+            unsafe fn imp(
+                py: Python<'_>,
+                slf: *mut ffi::PyObject,
+                args: *const *mut ffi::PyObject,
+                nargs: ffi::Py_ssize_t,
+                kwnames: *mut ffi::PyObject,
+            ) -> PyResult<*mut ffi::PyObject> {
+                let Some($a) = split(py, args, nargs, kwnames, $fixed)? else {
+                    return full(
+                        py,
+                        slf,
+                        intern!(py, stringify!($name)),
+                        args,
+                        nargs,
+                        kwnames,
+                    );
+                };
+                let $slf = Bound::from_borrowed_ptr(py, slf).downcast_into_unchecked::<LoopCore>();
+                let $slf = &$slf;
+                $body.map(|h| h.into_ptr())
+            }
+        };
+    }
+
+    mod soon {
+        use super::*;
+        entry!(call_soon, 1, |slf, a| {
+            let callback = Bound::from_borrowed_ptr(slf.py(), a.fixed[0]).unbind();
+            LoopCore::schedule_soon(slf, callback, a.rest.unbind(), a.context, "call_soon")
+        });
+    }
+    mod threadsafe {
+        use super::*;
+        entry!(call_soon_threadsafe, 1, |slf, a| {
+            let callback = Bound::from_borrowed_ptr(slf.py(), a.fixed[0]).unbind();
+            LoopCore::call_soon_threadsafe_(slf, callback, a.rest.unbind(), a.context)
+        });
+    }
+    mod later {
+        use super::*;
+        entry!(call_later, 2, |slf, a| {
+            let py = slf.py();
+            let delay = Bound::from_borrowed_ptr(py, a.fixed[0]);
+            let callback = Bound::from_borrowed_ptr(py, a.fixed[1]).unbind();
+            LoopCore::call_later_(slf, &delay, callback, a.rest.unbind(), a.context)
+        });
+    }
+    mod at {
+        use super::*;
+        entry!(call_at, 2, |slf, a| {
+            let py = slf.py();
+            let when = Bound::from_borrowed_ptr(py, a.fixed[0]);
+            let callback = Bound::from_borrowed_ptr(py, a.fixed[1]).unbind();
+            LoopCore::call_at_(slf, &when, callback, a.rest.unbind(), a.context)
+        });
+    }
+    use at::call_at;
+    use later::call_later;
+    use soon::call_soon;
+    use threadsafe::call_soon_threadsafe;
 }
