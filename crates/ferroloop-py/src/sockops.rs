@@ -65,6 +65,7 @@ fn is_plain_socket(sock: &Bound<'_, PyAny>) -> PyResult<bool> {
 /// `base_events._check_ssl_socket(sock)` and, in debug mode, "the socket must be non-blocking".
 fn check_socket(lp: &Bound<'_, LoopCore>, sock: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = lp.py();
+    sockio::prepare();
     if !is_plain_socket(sock)? {
         let check = CHECK_SSL_SOCKET.get_or_try_init(py, || {
             PyResult::Ok(

@@ -164,6 +164,7 @@ impl SocketPump {
 impl SocketPump {
     #[new]
     fn new(transport: PyObject, fd: i32, max_size: usize, py_write: PyObject) -> Self {
+        sockio::prepare();
         SocketPump {
             transport: GilCell::new(Some(transport)),
             fd,

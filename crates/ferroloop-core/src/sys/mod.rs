@@ -6,6 +6,7 @@
 //! - `epoll`   — the level-triggered selector (Linux).
 //! - `eventfd` — the wake-up primitive (Linux).
 //! - `pipe`    — non-blocking pipes (signal wake-up).
+//! - `malloc`  — warming up glibc malloc's dynamic thresholds for message-sized buffers.
 
 #[cfg(unix)]
 pub mod clock;
@@ -16,6 +17,8 @@ pub mod fd;
 pub mod epoll;
 #[cfg(target_os = "linux")]
 pub mod eventfd;
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub mod malloc;
 #[cfg(unix)]
 pub mod pipe;
 
