@@ -34,7 +34,7 @@ def load(path):
     for key, loops in cpu.items():
         if key[1:] in ceiling:
             loops.setdefault('rust', ceiling[key[1:]])
-    return data['meta'], {k: v for k, v in cpu.items() if k[0] != 'rust'}
+    return data['meta'], {k: v for k, v in cpu.items() if 'rust' not in v or len(v) > 1}
 
 
 def plot(meta, cpu, out):
@@ -43,29 +43,34 @@ def plot(meta, cpu, out):
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    cases = sorted(cpu, key=lambda c: (c[0] != 'protocol', c[0], c[1], c[2], c[3]))
-    loops = [lp for lp in ORDER if any(lp in cpu[c] for c in cases)]
-    width = 0.8 / len(loops)
-    fig, ax = plt.subplots(figsize=(max(8, 0.75 * len(cases) + 2), 5.5))
-    for i, lp in enumerate(loops):
-        xs = [k + (i - (len(loops) - 1) / 2) * width for k, c in enumerate(cases) if lp in cpu[c]]
-        ys = [cpu[c][lp] for c in cases if lp in cpu[c]]
-        ax.bar(xs, ys, width, label=LABELS.get(lp, lp), color=COLORS.get(lp))
-    ax.set_xticks(range(len(cases)))
-    ax.set_xticklabels([f'{s}\n{t} {size_label(z)}\n{n} conn' for s, t, z, n in cases], fontsize=7)
-    ax.set_yscale('log')
-    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_ylabel('server CPU per request, µs (log scale; lower is better)')
+    styles = [st for st in ('protocol', 'streams', 'sock') if any(c[0] == st for c in cpu)]
+    fig, axes = plt.subplots(len(styles), 1, figsize=(12, 3.6 * len(styles)), squeeze=False)
+    for ax, style in zip(axes[:, 0], styles):
+        cases = sorted((c for c in cpu if c[0] == style), key=lambda c: (c[1], c[2], c[3]))
+        loops = [lp for lp in ORDER if any(lp in cpu[c] for c in cases)]
+        width = 0.8 / len(loops)
+        for i, lp in enumerate(loops):
+            xs = [k + (i - (len(loops) - 1) / 2) * width
+                  for k, c in enumerate(cases) if lp in cpu[c]]
+            ys = [cpu[c][lp] for c in cases if lp in cpu[c]]
+            ax.bar(xs, ys, width, label=LABELS.get(lp, lp), color=COLORS.get(lp))
+        ax.set_xticks(range(len(cases)))
+        ax.set_xticklabels([f'{t} {size_label(z)}\n{n} conn' for _, t, z, n in cases], fontsize=8)
+        ax.set_yscale('log')
+        ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_ylabel('µs server CPU / request')
+        ax.set_title(f'{style} echo server', fontsize=10)
+        ax.grid(axis='y', which='both', alpha=0.3)
+    axes[0, 0].legend(fontsize=8, ncol=len(ORDER))
     versions = ', '.join(f'{k} {v}' for k, v in meta.get('versions', {}).items())
     m = meta.get('machine', {})
-    ax.set_title(f"Echo benchmark {meta.get('date', '')}: CPython {m.get('python', '?')}, "
-                 f"{m.get('cpu_model', '?')} x{m.get('nproc', '?')}\n{versions}; "
-                 f"median of {meta.get('reps')} x {meta.get('duration')} s", fontsize=9)
-    ax.legend(fontsize=8)
-    ax.grid(axis='y', which='both', alpha=0.3)
+    fig.suptitle(f"Echo benchmark {meta.get('date', '')} (lower is better): CPython "
+                 f"{m.get('python', '?')}, {m.get('cpu_model', '?')} x{m.get('nproc', '?')}; "
+                 f"{versions}; median of {meta.get('reps')} x {meta.get('duration')} s",
+                 fontsize=9)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=100)
     return out
 
 
