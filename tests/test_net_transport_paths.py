@@ -298,19 +298,25 @@ def test_set_protocol_switches_between_plain_and_buffered(loop):
     h.finish()
 
 
+async def tcp_pair(loop):
+    """A connected pair of non-blocking TCP sockets over loopback: (client, accepted)."""
+    lsock = socket.create_server(('127.0.0.1', 0))
+    lsock.setblocking(False)
+    with lsock:
+        cli = socket.socket()
+        cli.setblocking(False)
+        await loop.sock_connect(cli, lsock.getsockname())
+        srv, _ = await loop.sock_accept(lsock)
+    return cli, srv
+
+
 def test_peer_reset(loop):
     """A peer that resets the connection: the read fails with ConnectionResetError, which
     reaches connection_lost (not the exception handler, as it is an OSError)."""
     h = Harness(loop)
 
     async def main():
-        lsock = socket.create_server(('127.0.0.1', 0))
-        lsock.setblocking(False)
-        with lsock:
-            cli = socket.socket()
-            cli.setblocking(False)
-            await loop.sock_connect(cli, lsock.getsockname())
-            srv, _ = await loop.sock_accept(lsock)
+        cli, srv = await tcp_pair(loop)
         with cli:
             tr, proto = await connect(loop, srv, lambda: Recorder(loop))
             cli.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
@@ -328,13 +334,7 @@ def test_write_to_reset_peer(loop):
     h = Harness(loop)
 
     async def main():
-        lsock = socket.create_server(('127.0.0.1', 0))
-        lsock.setblocking(False)
-        with lsock:
-            cli = socket.socket()
-            cli.setblocking(False)
-            await loop.sock_connect(cli, lsock.getsockname())
-            srv, _ = await loop.sock_accept(lsock)
+        cli, srv = await tcp_pair(loop)
         tr, proto = await connect(loop, srv, lambda: Recorder(loop))
         tr.pause_reading()   # only the write can notice the reset
         cli.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))

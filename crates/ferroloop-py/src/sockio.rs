@@ -31,6 +31,17 @@ pub(crate) enum Io<T> {
     WouldBlock,
 }
 
+/// A syscall's byte count, or its errno as `WouldBlock` or the socket module's OSError.
+fn outcome(py: Python<'_>, n: isize) -> PyResult<Io<usize>> {
+    if n >= 0 {
+        Ok(Io::Done(n as usize))
+    } else if would_block() {
+        Ok(Io::WouldBlock)
+    } else {
+        Err(os_error(py))
+    }
+}
+
 fn would_block() -> bool {
     matches!(
         std::io::Error::last_os_error().raw_os_error(),
@@ -66,13 +77,10 @@ fn recv_copied<'py>(py: Python<'py>, fd: i32, max: usize) -> PyResult<Io<Bound<'
         // SAFETY: `buf` is a live, exclusively borrowed allocation of at least `max` bytes; recv
         // writes at most that many.
         let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), max, 0) };
-        if n >= 0 {
-            Ok(Io::Done(PyBytes::new(py, &buf[..n as usize])))
-        } else if would_block() {
-            Ok(Io::WouldBlock)
-        } else {
-            Err(os_error(py))
-        }
+        Ok(match outcome(py, n)? {
+            Io::Done(n) => Io::Done(PyBytes::new(py, &buf[..n])),
+            Io::WouldBlock => Io::WouldBlock,
+        })
     })
 }
 
@@ -80,13 +88,7 @@ fn recv_copied<'py>(py: Python<'py>, fd: i32, max: usize) -> PyResult<Io<Bound<'
 pub(crate) fn send(py: Python<'_>, fd: i32, bytes: &[u8]) -> PyResult<Io<usize>> {
     // SAFETY: `bytes` is a live slice for the duration of the call; send only reads it.
     let n = unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), 0) };
-    if n >= 0 {
-        Ok(Io::Done(n as usize))
-    } else if would_block() {
-        Ok(Io::WouldBlock)
-    } else {
-        Err(os_error(py))
-    }
+    outcome(py, n)
 }
 
 /// `f(bytes)` over the contents of bytes, a bytearray or a contiguous memoryview; `None` for
@@ -99,22 +101,36 @@ pub(crate) fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R)
     {
         return None;
     }
+    // Callers' `f` only make syscalls on the slice: no Python code runs while it is borrowed.
+    with_buffer(data, ffi::PyBUF_SIMPLE, |ptr, len| {
+        let bytes = if len > 0 {
+            // SAFETY: the exported buffer is `len` readable bytes at `ptr` while it is held.
+            unsafe { std::slice::from_raw_parts(ptr as *const u8, len) }
+        } else {
+            &[]
+        };
+        f(bytes)
+    })
+}
+
+/// `f(ptr, len)` over the buffer `obj` exports with `flags` (contiguous); `None` if it exports
+/// none (the exception is cleared: the caller lets Python raise its own).
+fn with_buffer<R>(
+    obj: &Bound<'_, PyAny>,
+    flags: std::os::raw::c_int,
+    f: impl FnOnce(*mut std::ffi::c_void, usize) -> R,
+) -> Option<R> {
     let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
     // SAFETY: GIL held; on success `view` is filled in and released below; on failure the
-    // exception is cleared and nothing was acquired. The slice is only used while the buffer is
-    // held, and `f` runs no Python code that could resize the exporter (callers only do syscalls).
+    // exception is cleared and nothing was acquired. `f` gets the export's memory only while it
+    // is held, and the exporter cannot be resized while the export exists.
     unsafe {
-        if ffi::PyObject_GetBuffer(data.as_ptr(), view.as_mut_ptr(), ffi::PyBUF_SIMPLE) != 0 {
+        if ffi::PyObject_GetBuffer(obj.as_ptr(), view.as_mut_ptr(), flags) != 0 {
             ffi::PyErr_Clear();
             return None;
         }
         let mut view = view.assume_init();
-        let bytes = if view.len > 0 {
-            std::slice::from_raw_parts(view.buf as *const u8, view.len as usize)
-        } else {
-            &[]
-        };
-        let out = f(bytes);
+        let out = f(view.buf, view.len.max(0) as usize);
         ffi::PyBuffer_Release(&mut view);
         Some(out)
     }
@@ -127,25 +143,9 @@ pub(crate) fn recv_into(
     fd: i32,
     buf: &Bound<'_, PyAny>,
 ) -> Option<PyResult<Io<usize>>> {
-    let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
-    // SAFETY: GIL held; on success `view` is filled in and released below; on failure the
-    // exception is cleared and nothing was acquired. recv writes at most `view.len` bytes into
-    // the exporter's writable memory, which cannot be resized while the export is held.
-    unsafe {
-        if ffi::PyObject_GetBuffer(buf.as_ptr(), view.as_mut_ptr(), ffi::PyBUF_WRITABLE) != 0 {
-            ffi::PyErr_Clear();
-            return None;
-        }
-        let mut view = view.assume_init();
-        let n = libc::recv(fd, view.buf, view.len as usize, 0);
-        let out = if n >= 0 {
-            Ok(Io::Done(n as usize))
-        } else if would_block() {
-            Ok(Io::WouldBlock)
-        } else {
-            Err(os_error(py))
-        };
-        ffi::PyBuffer_Release(&mut view);
-        Some(out)
-    }
+    with_buffer(buf, ffi::PyBUF_WRITABLE, |ptr, len| {
+        // SAFETY: `ptr` is `len` writable bytes of the held export; recv writes at most `len`.
+        let n = unsafe { libc::recv(fd, ptr, len, 0) };
+        outcome(py, n)
+    })
 }

@@ -47,6 +47,9 @@ mod tests {
         // SAFETY: as above.
         let during = unsafe { libc::mallinfo2() }.hblks;
         drop(block);
-        assert_eq!(during, before, "a 512 KiB block was mmapped: the threshold did not rise");
+        assert_eq!(
+            during, before,
+            "a 512 KiB block was mmapped: the threshold did not rise"
+        );
     }
 }
