@@ -152,8 +152,29 @@ impl Drop for Handle {
 /// deallocation path alone was about 190 instructions per handle). Only handles of exactly the
 /// `Handle` type, with no weak reference, and whose last reference the loop held go here, so
 /// reuse cannot be observed. A pooled handle references nothing (not even its loop).
+///
+/// The pool holds up to `POOL_MAX` handles (104 bytes each): a producer thread far ahead of the
+/// loop (`call_soon_threadsafe`) queues tens of thousands of handles per GIL switch interval, and
+/// with a pool of 256 nearly all of them went through PyO3's allocation and deallocation. It is
+/// never larger than the most plain handles that were pending at once, and `loop.close()` trims
+/// it back to `POOL_KEEP` (`trim_pool`).
 static POOL: GilCell<Vec<Py<Handle>>> = GilCell::new(Vec::new());
-const POOL_MAX: usize = 256;
+const POOL_MAX: usize = 65536;
+const POOL_KEEP: usize = 256;
+
+/// Give back all but `POOL_KEEP` pooled handles (loop.close()).
+pub(crate) fn trim_pool(py: Python<'_>) -> PyResult<()> {
+    let freed = POOL.with(py, |p| {
+        let freed = p.split_off(p.len().min(POOL_KEEP));
+        p.shrink_to(POOL_KEEP);
+        freed
+    })?;
+    // Outside the borrow; pooled handles reference nothing, so freeing them runs no Python code.
+    for h in freed {
+        drop(h.into_bound(py));
+    }
+    Ok(())
+}
 
 /// Type objects of `Handle` and `TimerHandle`, looked up once: PyO3's lazy type-object lookup
 /// costs tens of instructions and `Py::new` does it on every call.

@@ -464,7 +464,7 @@ impl LoopCore {
             s.close();
         }
         drop((ready, timers, io));
-        Ok(())
+        handle::trim_pool(py)
     }
 
     #[getter(_closed)]
