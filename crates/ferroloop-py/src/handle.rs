@@ -327,13 +327,29 @@ impl Handle {
         if let Some(h) = pooled {
             // A pooled handle is empty, not cancelled... except when it was cancelled while
             // running: reset the flag. Its other fields are a plain handle's.
-            let data = Self::fresh_data(py, callback, args, context, loop_, untrack)?;
+            let (context, ctx_untracked) = match context {
+                Some(c) if !c.is_none(py) => (c, false),
+                _ => copy_context(py, untrack)?,
+            };
+            let source_traceback = if loop_.get().debug() {
+                Some(helpers::get(py)?.source_traceback.call0(py)?)
+            } else {
+                None
+            };
+            let loop_ = loop_.clone().unbind();
             let hr = h.get();
             hr.cancelled.store(false, Relaxed);
-            // `take_all` emptied the pooled data: there is nothing to drop, so skip the drop glue
-            // (a leak, never a double release, should that ever not hold).
-            hr.data
-                .with(py, |d| std::mem::forget(std::mem::replace(d, data)))?;
+            // Written field by field into the emptied data (`take_all` left every field `None`,
+            // so nothing is dropped inside the borrow), without building a whole `HandleData`
+            // and moving it in.
+            hr.data.with(py, |d| {
+                d.callback = Some(callback);
+                d.args = Some(args);
+                d.context = Some(context);
+                d.ctx_untracked = ctx_untracked;
+                d.loop_ = Some(loop_);
+                d.source_traceback = source_traceback;
+            })?;
             return Ok(h);
         }
         let h = Self::build(py, callback, args, context, loop_, f64::NAN, false, untrack)?;
@@ -391,18 +407,26 @@ impl Handle {
         if !reusable || this.persistent || this.is_timer {
             return; // `h` drops: an ordinary decref
         }
-        // A full pool (a producer thread far ahead of the loop): the ordinary deallocation.
-        if POOL.with(py, |p| p.len() >= POOL_MAX).unwrap_or(true) {
-            return;
-        }
         let Ok(released) = this.data.with(py, HandleData::take_all) else {
             return;
         };
-        let pushed = POOL.with(py, |p| p.push(h.unbind()));
+        // A full pool (a producer thread far ahead of the loop): the ordinary deallocation of
+        // the now empty handle, after the release below.
+        let h = h.unbind();
+        let rejected = POOL.with(py, |p| {
+            if p.len() < POOL_MAX {
+                p.push(h);
+                None
+            } else {
+                Some(h)
+            }
+        });
         // Released outside every borrow and after the handle is pooled: a destructor run by
         // these decrefs may schedule callbacks, which may take this handle from the pool.
         released.release();
-        drop(pushed);
+        if let Ok(Some(h)) = rejected {
+            drop(h.into_bound(py)); // a direct decref
+        }
     }
 
     #[inline]
