@@ -300,6 +300,54 @@ def test_handles_created_after_many_ran_are_fresh(loop):
     assert seen == [(0, 'mine'), (1, 'mine'), (2, 'mine')]
 
 
+def test_burst_of_handles_reused_in_next_burst(flavor, loop):
+    # Thousands of handles pending at once (a producer thread ahead of the loop) go back to the
+    # handle pool together; the next burst reuses them: each must be fresh, with its own
+    # arguments and its own copy of its producer's context.
+    n = 3000
+    ctx_var = contextvars.ContextVar('ctx_var', default='unset')
+
+    for burst in range(3):
+        seen = []
+        cancelled = []
+
+        def callback(i):
+            seen.append((i, ctx_var.get()))
+            ctx_var.set('changed by callback')
+
+        def produce():
+            handles = []
+            for i in range(n):
+                ctx_var.set(f'{burst}-{i}')
+                h = loop.call_soon_threadsafe(callback, i)
+                if i % 500 == 0:
+                    h.cancel()
+                    cancelled.append(i)
+                handles.append(h)
+            assert [h.cancelled() for h in handles].count(True) == len(cancelled)
+            assert handles[1]._args == (1,) and handles[1]._callback is callback
+            loop.call_soon_threadsafe(loop.stop)
+
+        t = threading.Thread(target=produce)
+        t.start()
+        t.join()
+        loop.run_forever()
+        expected = [(i, f'{burst}-{i}') for i in range(n) if i not in cancelled]
+        assert seen == expected
+    loop.close()
+    # The pool is trimmed on close; a new loop still gets fresh handles.
+    other = flavor.new_loop()
+    try:
+        got = []
+        h = other.call_soon(got.append, 'x')
+        assert not h.cancelled() and h._args == ('x',)
+        other.call_soon(other.stop)
+        other.run_forever()
+        assert got == ['x']
+    finally:
+        other.close()
+
+
 def test_weakly_referenced_handle_dies(loop):
     refs = []
 

@@ -67,7 +67,7 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
         self._unix_server_sockets = {}  # 3.13's create_unix_server(cleanup_socket=True)
         # Methods asyncio's C Task/Future and sleep()/timeouts look up on every use: an instance
         # attribute is found without binding a new method object each time. Only for those a
-        # subclass does not override. The call_* methods are bound to their direct METH_FASTCALL
+        # subclass does not override. All but time() are bound to their direct METH_FASTCALL
         # entry points (LoopCore._fast_method; same behaviour, less argument parsing).
         cls = type(self)
         for name in _PREBOUND:

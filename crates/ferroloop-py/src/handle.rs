@@ -152,8 +152,29 @@ impl Drop for Handle {
 /// deallocation path alone was about 190 instructions per handle). Only handles of exactly the
 /// `Handle` type, with no weak reference, and whose last reference the loop held go here, so
 /// reuse cannot be observed. A pooled handle references nothing (not even its loop).
+///
+/// The pool holds up to `POOL_MAX` handles (104 bytes each): a producer thread far ahead of the
+/// loop (`call_soon_threadsafe`) queues tens of thousands of handles per GIL switch interval, and
+/// with a pool of 256 nearly all of them went through PyO3's allocation and deallocation. It is
+/// never larger than the most plain handles that were pending at once, and `loop.close()` trims
+/// it back to `POOL_KEEP` (`trim_pool`).
 static POOL: GilCell<Vec<Py<Handle>>> = GilCell::new(Vec::new());
-const POOL_MAX: usize = 256;
+const POOL_MAX: usize = 65536;
+const POOL_KEEP: usize = 256;
+
+/// Give back all but `POOL_KEEP` pooled handles (loop.close()).
+pub(crate) fn trim_pool(py: Python<'_>) -> PyResult<()> {
+    let freed = POOL.with(py, |p| {
+        let freed = p.split_off(p.len().min(POOL_KEEP));
+        p.shrink_to(POOL_KEEP);
+        freed
+    })?;
+    // Outside the borrow; pooled handles reference nothing, so freeing them runs no Python code.
+    for h in freed {
+        drop(h.into_bound(py));
+    }
+    Ok(())
+}
 
 /// Type objects of `Handle` and `TimerHandle`, looked up once: PyO3's lazy type-object lookup
 /// costs tens of instructions and `Py::new` does it on every call.
@@ -306,13 +327,29 @@ impl Handle {
         if let Some(h) = pooled {
             // A pooled handle is empty, not cancelled... except when it was cancelled while
             // running: reset the flag. Its other fields are a plain handle's.
-            let data = Self::fresh_data(py, callback, args, context, loop_, untrack)?;
+            let (context, ctx_untracked) = match context {
+                Some(c) if !c.is_none(py) => (c, false),
+                _ => copy_context(py, untrack)?,
+            };
+            let source_traceback = if loop_.get().debug() {
+                Some(helpers::get(py)?.source_traceback.call0(py)?)
+            } else {
+                None
+            };
+            let loop_ = loop_.clone().unbind();
             let hr = h.get();
             hr.cancelled.store(false, Relaxed);
-            // `take_all` emptied the pooled data: there is nothing to drop, so skip the drop glue
-            // (a leak, never a double release, should that ever not hold).
-            hr.data
-                .with(py, |d| std::mem::forget(std::mem::replace(d, data)))?;
+            // Written field by field into the emptied data (`take_all` left every field `None`,
+            // so nothing is dropped inside the borrow), without building a whole `HandleData`
+            // and moving it in.
+            hr.data.with(py, |d| {
+                d.callback = Some(callback);
+                d.args = Some(args);
+                d.context = Some(context);
+                d.ctx_untracked = ctx_untracked;
+                d.loop_ = Some(loop_);
+                d.source_traceback = source_traceback;
+            })?;
             return Ok(h);
         }
         let h = Self::build(py, callback, args, context, loop_, f64::NAN, false, untrack)?;
@@ -370,18 +407,26 @@ impl Handle {
         if !reusable || this.persistent || this.is_timer {
             return; // `h` drops: an ordinary decref
         }
-        // A full pool (a producer thread far ahead of the loop): the ordinary deallocation.
-        if POOL.with(py, |p| p.len() >= POOL_MAX).unwrap_or(true) {
-            return;
-        }
         let Ok(released) = this.data.with(py, HandleData::take_all) else {
             return;
         };
-        let pushed = POOL.with(py, |p| p.push(h.unbind()));
+        // A full pool (a producer thread far ahead of the loop): the ordinary deallocation of
+        // the now empty handle, after the release below.
+        let h = h.unbind();
+        let rejected = POOL.with(py, |p| {
+            if p.len() < POOL_MAX {
+                p.push(h);
+                None
+            } else {
+                Some(h)
+            }
+        });
         // Released outside every borrow and after the handle is pooled: a destructor run by
         // these decrefs may schedule callbacks, which may take this handle from the pool.
         released.release();
-        drop(pushed);
+        if let Ok(Some(h)) = rejected {
+            drop(h.into_bound(py)); // a direct decref
+        }
     }
 
     #[inline]

@@ -3,7 +3,7 @@
 
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyString, PyTuple};
 
 pub struct Helpers {
     pub callback_failed: PyObject,
@@ -44,6 +44,35 @@ pub fn get(py: Python<'_>) -> PyResult<&'static Helpers> {
             kw_loop_name_context: PyTuple::new(py, ["loop", "name", "context"])?.unbind(),
         })
     })
+}
+
+/// `getattr(module, name)` for a module object: straight from its `__dict__` (a generic getattr
+/// first searches the module type's MRO, a few hundred instructions), falling back to `getattr`
+/// when the name is not there (a module `__getattr__`, or the AttributeError with its message).
+pub fn module_attr<'py>(
+    module: &Bound<'py, PyAny>,
+    name: &Bound<'py, PyString>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = module.py();
+    // SAFETY: GIL held; `PyModule_GetDict` returns a borrowed reference to the dict of a module
+    // object (checked first) and `PyDict_GetItemWithError` a borrowed reference or NULL (with an
+    // exception set only on an error); the item is turned into a new reference before any other
+    // code runs.
+    unsafe {
+        if pyo3::ffi::PyModule_Check(module.as_ptr()) != 0 {
+            let dict = pyo3::ffi::PyModule_GetDict(module.as_ptr());
+            if !dict.is_null() {
+                let item = pyo3::ffi::PyDict_GetItemWithError(dict, name.as_ptr());
+                if !item.is_null() {
+                    return Ok(Bound::from_borrowed_ptr(py, item));
+                }
+                if let Some(err) = PyErr::take(py) {
+                    return Err(err);
+                }
+            }
+        }
+    }
+    module.getattr(name)
 }
 
 /// `callable(*args[..nargs], **dict(zip(kwnames, args[nargs..])))` through vectorcall, without

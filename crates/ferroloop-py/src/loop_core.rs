@@ -52,6 +52,9 @@ pub struct LoopCore {
     pub(crate) stopping: AtomicBool,
     debug: AtomicBool,
     slow_callback_duration: AtomicU64, // f64 bits
+    /// asyncio's `_task_factory` attribute (None: `None`), a property so that `create_task` reads
+    /// it without an attribute lookup on the loop.
+    task_factory: GilCell<Option<PyObject>>,
 }
 
 fn os_err(e: std::io::Error) -> PyErr {
@@ -157,6 +160,37 @@ impl LoopCore {
         Ok(handle)
     }
 
+    /// `create_task`'s body (the PyO3 method and the fast-call entry point).
+    fn create_task_<'py>(
+        slf: &Bound<'py, Self>,
+        coro: &Bound<'py, PyAny>,
+        name: Option<&Bound<'py, PyAny>>,
+        context: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        slf.get().check_closed()?;
+        let h = helpers::get(py)?;
+        let none = py.None().into_bound(py);
+        let name = name.unwrap_or(&none);
+        let context = context.unwrap_or(&none);
+        if slf.get().task_factory.with(py, |f| f.is_some())? {
+            let kwargs = pyo3::types::PyDict::new(py);
+            kwargs.set_item(intern!(py, "name"), name)?;
+            kwargs.set_item(intern!(py, "context"), context)?;
+            return h
+                .create_task_with_factory
+                .bind(py)
+                .call((slf, coro), Some(&kwargs));
+        }
+        let cls = helpers::module_attr(h.tasks.bind(py), intern!(py, "Task"))?;
+        helpers::vectorcall(
+            &cls,
+            &[coro, slf.as_any(), name, context],
+            1,
+            h.kw_loop_name_context.bind(py),
+        )
+    }
+
     fn call_later_(
         slf: &Bound<'_, Self>,
         delay: &Bound<'_, PyAny>,
@@ -217,6 +251,7 @@ impl LoopCore {
             stopping: AtomicBool::new(false),
             debug: AtomicBool::new(false),
             slow_callback_duration: AtomicU64::new(0.1f64.to_bits()),
+            task_factory: GilCell::new(None),
         })
     }
 
@@ -224,7 +259,7 @@ impl LoopCore {
     fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let h = helpers::get(py)?;
-        let cls = h.futures.bind(py).getattr(intern!(py, "Future"))?;
+        let cls = helpers::module_attr(h.futures.bind(py), intern!(py, "Future"))?;
         helpers::vectorcall(&cls, &[slf.as_any()], 0, h.kw_loop.bind(py))
     }
 
@@ -239,28 +274,7 @@ impl LoopCore {
         name: Option<&Bound<'py, PyAny>>,
         context: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let py = slf.py();
-        slf.get().check_closed()?;
-        let h = helpers::get(py)?;
-        let none = py.None().into_bound(py);
-        let name = name.unwrap_or(&none);
-        let context = context.unwrap_or(&none);
-        if !slf.getattr(intern!(py, "_task_factory"))?.is_none() {
-            let kwargs = pyo3::types::PyDict::new(py);
-            kwargs.set_item(intern!(py, "name"), name)?;
-            kwargs.set_item(intern!(py, "context"), context)?;
-            return h
-                .create_task_with_factory
-                .bind(py)
-                .call((slf, coro), Some(&kwargs));
-        }
-        let cls = h.tasks.bind(py).getattr(intern!(py, "Task"))?;
-        helpers::vectorcall(
-            &cls,
-            &[coro, slf.as_any(), name, context],
-            1,
-            h.kw_loop_name_context.bind(py),
-        )
+        Self::create_task_(slf, coro, name, context)
     }
 
     /// Whether debug mode is on (asyncio's `get_debug`; every Future and Task creation asks).
@@ -464,7 +478,7 @@ impl LoopCore {
             s.close();
         }
         drop((ready, timers, io));
-        Ok(())
+        handle::trim_pool(py)
     }
 
     #[getter(_closed)]
@@ -492,6 +506,24 @@ impl LoopCore {
     #[setter(_debug)]
     fn set_debug_flag(&self, value: &Bound<'_, PyAny>) -> PyResult<()> {
         self.debug.store(value.is_truthy()?, Relaxed);
+        Ok(())
+    }
+
+    #[getter(_task_factory)]
+    fn get_task_factory_attr(&self, py: Python<'_>) -> PyResult<PyObject> {
+        Ok(self
+            .task_factory
+            .with(py, |f| f.as_ref().map(|f| f.clone_ref(py)))?
+            .unwrap_or_else(|| py.None()))
+    }
+    #[setter(_task_factory)]
+    fn set_task_factory_attr(&self, py: Python<'_>, value: PyObject) -> PyResult<()> {
+        let value = if value.is_none(py) { None } else { Some(value) };
+        // The old factory is released outside the borrow (its destructor may run Python code).
+        let old = self
+            .task_factory
+            .with(py, |f| std::mem::replace(f, value))?;
+        drop(old);
         Ok(())
     }
 
@@ -532,18 +564,26 @@ impl LoopCore {
                 visit.call(h)?;
             }
         }
+        if let Some(f) = self.task_factory.peek() {
+            if let Some(f) = f.as_ref() {
+                visit.call(f)?;
+            }
+        }
         Ok(())
     }
 
     fn __clear__(&self) {
         Python::with_gil(|py| {
             let _ = self._close_core(py);
+            let factory = self.task_factory.with(py, Option::take);
+            drop(factory);
         })
     }
 }
 
 /// Direct METH_FASTCALL|METH_KEYWORDS entry points for `call_soon`, `call_soon_threadsafe`,
-/// `call_later` and `call_at`, the calls every task step, future callback and timeout makes.
+/// `call_later` and `call_at`, the calls every task step, future callback and timeout makes, and
+/// for `create_task`, `create_future` and `get_debug` (asked by every Future and Task `__init__`).
 ///
 /// PyO3's generated wrapper for `(callback, *args, context=None)` parses its arguments through a
 /// generic description, builds the `*args` tuple even when it is empty, and type-checks `self`
@@ -608,12 +648,32 @@ mod fastcall {
         "call_at($self, when, callback, *args, context=None)\n--\n\n"
     );
 
+    static CREATE_TASK: MethodDef = method_def!(
+        "create_task",
+        create_task,
+        "create_task($self, coro, *, name=None, context=None)\n--\n\n\
+         Schedule a coroutine as a Task (asyncio's `create_task`)."
+    );
+    static CREATE_FUTURE: MethodDef = method_def!(
+        "create_future",
+        create_future,
+        "create_future($self, /)\n--\n\n`asyncio.Future(loop=self)`."
+    );
+    static GET_DEBUG: MethodDef = method_def!(
+        "get_debug",
+        get_debug,
+        "get_debug($self, /)\n--\n\nWhether debug mode is on."
+    );
+
     pub(super) fn bind(slf: &Bound<'_, LoopCore>, name: &str) -> PyResult<Option<PyObject>> {
         let def = match name {
             "call_soon" => &CALL_SOON,
             "call_soon_threadsafe" => &CALL_SOON_THREADSAFE,
             "call_later" => &CALL_LATER,
             "call_at" => &CALL_AT,
+            "create_task" => &CREATE_TASK,
+            "create_future" => &CREATE_FUTURE,
+            "get_debug" => &GET_DEBUG,
             _ => return Ok(None),
         };
         // SAFETY: GIL held; `def` is a 'static, valid method definition that CPython never
@@ -748,6 +808,125 @@ mod fastcall {
             ffi::PyObject_Vectorcall(method.as_ptr(), vec.as_ptr(), nargs as usize + 1, kwnames);
         Bound::from_owned_ptr_or_err(py, res).map(Bound::into_ptr)
     }
+
+    /// `create_task`'s arguments when they take the fast path: the coroutine, then at most
+    /// `name=` and `context=` (interned keyword names, as Python code passes them).
+    ///
+    /// # Safety
+    /// As `split`.
+    #[inline]
+    #[allow(clippy::type_complexity)]
+    unsafe fn split_create_task<'py>(
+        py: Python<'py>,
+        args: *const *mut ffi::PyObject,
+        nargs: ffi::Py_ssize_t,
+        kwnames: *mut ffi::PyObject,
+    ) -> Option<(
+        Bound<'py, PyAny>,
+        Option<Bound<'py, PyAny>>,
+        Option<Bound<'py, PyAny>>,
+    )> {
+        if nargs != 1 {
+            return None;
+        }
+        let coro = Bound::from_borrowed_ptr(py, *args);
+        let (mut name, mut context) = (None, None);
+        if !kwnames.is_null() {
+            let nkw = ffi::PyTuple_GET_SIZE(kwnames);
+            for i in 0..nkw {
+                let kw = ffi::PyTuple_GET_ITEM(kwnames, i);
+                let value = Bound::from_borrowed_ptr(py, *args.add(1 + i as usize));
+                let slot = if kw == intern!(py, "name").as_ptr() {
+                    &mut name
+                } else if kw == intern!(py, "context").as_ptr() {
+                    &mut context
+                } else {
+                    return None;
+                };
+                if slot.replace(value).is_some() {
+                    return None; // a repeated name: the full parser reports it
+                }
+            }
+        }
+        Some((coro, name, context))
+    }
+
+    /// A no-argument method's vector: anything else takes the full parser (and its error).
+    #[inline]
+    fn no_args(nargs: ffi::Py_ssize_t, kwnames: *mut ffi::PyObject) -> bool {
+        nargs == 0 && kwnames.is_null()
+    }
+
+    macro_rules! entry_raw {
+        ($name:ident, |$py:ident, $slf:ident, $args:ident, $nargs:ident, $kwnames:ident| $body:expr) => {
+            pub(super) unsafe extern "C" fn $name(
+                slf: *mut ffi::PyObject,
+                args: *const *mut ffi::PyObject,
+                nargs: ffi::Py_ssize_t,
+                kwnames: *mut ffi::PyObject,
+            ) -> *mut ffi::PyObject {
+                // SAFETY: the trampoline catches panics and restores a returned error as the
+                // Python exception; `imp` gets the arguments CPython passed, unchanged.
+                unsafe {
+                    pyo3::impl_::trampoline::fastcall_with_keywords(slf, args, nargs, kwnames, imp)
+                }
+            }
+
+            /// # Safety
+            /// Called by CPython through the method definition above: GIL held, `slf` the
+            /// LoopCore the builtin was bound to by `bind`, arguments as `split` requires.
+            unsafe fn imp(
+                $py: Python<'_>,
+                $slf: *mut ffi::PyObject,
+                $args: *const *mut ffi::PyObject,
+                $nargs: ffi::Py_ssize_t,
+                $kwnames: *mut ffi::PyObject,
+            ) -> PyResult<*mut ffi::PyObject> {
+                $body
+            }
+        };
+    }
+
+    mod task {
+        use super::*;
+        entry_raw!(create_task, |py, slf, args, nargs, kwnames| {
+            let Some((coro, name, context)) = split_create_task(py, args, nargs, kwnames) else {
+                return full(py, slf, intern!(py, "create_task"), args, nargs, kwnames);
+            };
+            let slf = Bound::from_borrowed_ptr(py, slf).downcast_into_unchecked::<LoopCore>();
+            LoopCore::create_task_(&slf, &coro, name.as_ref(), context.as_ref())
+                .map(Bound::into_ptr)
+        });
+    }
+    mod future {
+        use super::*;
+        entry_raw!(create_future, |py, slf, args, nargs, kwnames| {
+            if !no_args(nargs, kwnames) {
+                return full(py, slf, intern!(py, "create_future"), args, nargs, kwnames);
+            }
+            let slf = Bound::from_borrowed_ptr(py, slf).downcast_into_unchecked::<LoopCore>();
+            LoopCore::create_future(&slf).map(Bound::into_ptr)
+        });
+    }
+    mod debug {
+        use super::*;
+        entry_raw!(get_debug, |py, slf, args, nargs, kwnames| {
+            if !no_args(nargs, kwnames) {
+                return full(py, slf, intern!(py, "get_debug"), args, nargs, kwnames);
+            }
+            let slf = Bound::from_borrowed_ptr(py, slf).downcast_into_unchecked::<LoopCore>();
+            let flag = if slf.get().debug() {
+                ffi::Py_True()
+            } else {
+                ffi::Py_False()
+            };
+            ffi::Py_INCREF(flag);
+            Ok(flag)
+        });
+    }
+    use debug::get_debug;
+    use future::create_future;
+    use task::create_task;
 
     macro_rules! entry {
         ($name:ident, $fixed:literal, |$slf:ident, $a:ident| $body:expr) => {
