@@ -228,6 +228,27 @@ unsafe fn call(callback: *mut ffi::PyObject, args: *mut ffi::PyObject) -> *mut f
     }
 }
 
+/// A new handle's context (`context`, or a copy of the current one: see `copy_context` for
+/// `untrack`) and, in debug mode, the traceback of where it was created.
+#[allow(clippy::type_complexity)]
+fn context_and_traceback(
+    py: Python<'_>,
+    context: Option<PyObject>,
+    loop_: &Bound<'_, LoopCore>,
+    untrack: bool,
+) -> PyResult<(PyObject, bool, Option<PyObject>)> {
+    let (context, ctx_untracked) = match context {
+        Some(c) if !c.is_none(py) => (c, false),
+        _ => copy_context(py, untrack)?,
+    };
+    let source_traceback = if loop_.get().debug() {
+        Some(helpers::get(py)?.source_traceback.call0(py)?)
+    } else {
+        None
+    };
+    Ok((context, ctx_untracked, source_traceback))
+}
+
 /// `contextvars.copy_context()`; with `untrack`, taken out of the cyclic garbage collector while
 /// the handle is pending (`release_context` puts it back). Returns whether it was untracked.
 ///
@@ -294,15 +315,8 @@ impl Handle {
         loop_: &Bound<'_, LoopCore>,
         untrack: bool,
     ) -> PyResult<HandleData> {
-        let (context, ctx_untracked) = match context {
-            Some(c) if !c.is_none(py) => (c, false),
-            _ => copy_context(py, untrack)?,
-        };
-        let source_traceback = if loop_.get().debug() {
-            Some(helpers::get(py)?.source_traceback.call0(py)?)
-        } else {
-            None
-        };
+        let (context, ctx_untracked, source_traceback) =
+            context_and_traceback(py, context, loop_, untrack)?;
         Ok(HandleData {
             callback: Some(callback),
             args: Some(args),
@@ -327,15 +341,8 @@ impl Handle {
         if let Some(h) = pooled {
             // A pooled handle is empty, not cancelled... except when it was cancelled while
             // running: reset the flag. Its other fields are a plain handle's.
-            let (context, ctx_untracked) = match context {
-                Some(c) if !c.is_none(py) => (c, false),
-                _ => copy_context(py, untrack)?,
-            };
-            let source_traceback = if loop_.get().debug() {
-                Some(helpers::get(py)?.source_traceback.call0(py)?)
-            } else {
-                None
-            };
+            let (context, ctx_untracked, source_traceback) =
+                context_and_traceback(py, context, loop_, untrack)?;
             let loop_ = loop_.clone().unbind();
             let hr = h.get();
             hr.cancelled.store(false, Relaxed);

@@ -930,29 +930,7 @@ mod fastcall {
 
     macro_rules! entry {
         ($name:ident, $fixed:literal, |$slf:ident, $a:ident| $body:expr) => {
-            pub(super) unsafe extern "C" fn $name(
-                slf: *mut ffi::PyObject,
-                args: *const *mut ffi::PyObject,
-                nargs: ffi::Py_ssize_t,
-                kwnames: *mut ffi::PyObject,
-            ) -> *mut ffi::PyObject {
-                // SAFETY: the trampoline catches panics and restores a returned error as the
-                // Python exception; `imp` gets the arguments CPython passed, unchanged.
-                unsafe {
-                    pyo3::impl_::trampoline::fastcall_with_keywords(slf, args, nargs, kwnames, imp)
-                }
-            }
-
-            /// # Safety
-            /// Called by CPython through the method definition above: GIL held, `slf` the
-            /// LoopCore the builtin was bound to by `bind`, arguments as `split` requires.
-            unsafe fn imp(
-                py: Python<'_>,
-                slf: *mut ffi::PyObject,
-                args: *const *mut ffi::PyObject,
-                nargs: ffi::Py_ssize_t,
-                kwnames: *mut ffi::PyObject,
-            ) -> PyResult<*mut ffi::PyObject> {
+            entry_raw!($name, |py, slf, args, nargs, kwnames| {
                 let Some($a) = split(py, args, nargs, kwnames, $fixed)? else {
                     return full(
                         py,
@@ -966,7 +944,7 @@ mod fastcall {
                 let $slf = Bound::from_borrowed_ptr(py, slf).downcast_into_unchecked::<LoopCore>();
                 let $slf = &$slf;
                 $body.map(|h| h.into_ptr())
-            }
+            });
         };
     }
 
