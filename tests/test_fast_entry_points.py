@@ -1,5 +1,5 @@
 """create_task, create_future and get_debug as asyncio has them, whichever way they are called
-(ferroloop binds direct fast-call entry points for them on each loop), and the task factory
+(ferroloop gives them direct fast-call entry points, set on the Loop class), and the task factory
 kept by the loop."""
 
 import asyncio
@@ -8,6 +8,8 @@ import gc
 import weakref
 
 import pytest
+
+import ferroloop
 
 var = contextvars.ContextVar('var', default='default')
 
@@ -97,3 +99,60 @@ def test_cycle_through_task_factory_is_collected(flavor):
     del lp, factory
     gc.collect()
     assert ref() is None
+
+
+def test_entry_points_are_methods_of_the_class():
+    # call_later, call_at, call_soon_threadsafe, create_task, create_future and get_debug are
+    # method descriptors on ferroloop.Loop (not per-instance attributes): unbound calls work, a
+    # non-loop `self` is refused, and the full argument parser still answers unusual calls.
+    loop = ferroloop.Loop()
+    try:
+        _check_class_level_entry_points(loop)
+    finally:
+        loop.close()
+
+
+def _check_class_level_entry_points(loop):
+    cls = type(loop)
+    for name in ('call_later', 'call_at', 'call_soon_threadsafe', 'create_task',
+                 'create_future', 'get_debug'):
+        assert name not in loop.__dict__, name
+        assert name in cls.__dict__, name
+        assert getattr(loop, name).__self__ is loop
+    assert cls.get_debug(loop) is loop.get_debug()
+    fut = cls.create_future(loop)
+    assert fut.get_loop() is loop
+    seen = []
+    cls.call_later(loop, 0, seen.append, 'later')
+    cls.call_soon_threadsafe(loop, seen.append, 'threadsafe')
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen == ['threadsafe', 'later']
+    with pytest.raises(TypeError):
+        cls.call_later(object(), 0, print)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'bogus'"):
+        loop.call_later(0, print, bogus=1)
+
+
+def test_subclass_overriding_class_level_entry_points_is_used(loop):
+    # An override in a subclass comes first in the MRO, and super() reaches the fast entry point.
+    seen = []
+
+    class Sub(type(loop)):
+        def create_future(self):
+            seen.append('create_future')
+            return super().create_future()
+
+        def call_later(self, delay, callback, *args, context=None):
+            seen.append('call_later')
+            return super().call_later(delay, callback, *args, context=context)
+
+    sub = Sub()
+    try:
+        async def main():
+            await asyncio.sleep(0.001)
+            return 'done'
+        assert sub.run_until_complete(main()) == 'done'
+    finally:
+        sub.close()
+    assert 'create_future' in seen and 'call_later' in seen

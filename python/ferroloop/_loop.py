@@ -34,9 +34,15 @@ __all__ = ('Loop',)
 
 _Base = _be.BaseEventLoop
 
-# Rust methods bound once per loop, in the instance dict (see Loop.__init__).
-_PREBOUND = ('call_soon', 'call_soon_threadsafe', 'call_later', 'call_at', 'time',
-             'create_future', 'create_task', 'get_debug')
+# Rust methods with a direct METH_FASTCALL entry point: set on Loop as method descriptors (see
+# the end of this module), so that `loop.call_soon(...)` is a method lookup the interpreter can
+# specialise. A subclass that overrides one still wins (it comes first in the MRO).
+_FAST = ('call_soon_threadsafe', 'call_later', 'call_at', 'create_future', 'create_task',
+         'get_debug')
+# Rust methods bound once per loop, in the instance dict (see Loop.__init__). call_soon stays
+# here: 3.11's C Task and Future look it up with PyObject_GetAttr, and a descriptor on the type
+# would bind a new method object for each of those calls.
+_PREBOUND = ('call_soon', 'time')
 
 class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
     """An asyncio event loop implemented in Rust."""
@@ -67,8 +73,8 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
         self._unix_server_sockets = {}  # 3.13's create_unix_server(cleanup_socket=True)
         # Methods asyncio's C Task/Future and sleep()/timeouts look up on every use: an instance
         # attribute is found without binding a new method object each time. Only for those a
-        # subclass does not override. All but time() are bound to their direct METH_FASTCALL
-        # entry points (LoopCore._fast_method; same behaviour, less argument parsing).
+        # subclass does not override. call_soon is bound to its direct METH_FASTCALL entry point
+        # (LoopCore._fast_method; same behaviour, less argument parsing).
         cls = type(self)
         for name in _PREBOUND:
             method = getattr(_ferroloop.LoopCore, name)
@@ -308,3 +314,6 @@ def _borrow_selector_loop(cls):
 
 Loop.__repr__ = _Base.__repr__  # dunders are not copied wholesale
 _borrow_selector_loop(Loop)
+for _name in _FAST:
+    setattr(Loop, _name, _ferroloop.LoopCore._fast_descriptor(Loop, _name))
+del _name

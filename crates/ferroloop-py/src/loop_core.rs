@@ -340,6 +340,17 @@ impl LoopCore {
         fastcall::bind(slf, name)
     }
 
+    /// `name`'s direct METH_FASTCALL entry point as a method descriptor of `cls` (a subclass of
+    /// LoopCore), or None if `name` has none. `_loop.py` sets these on `Loop` itself, so that
+    /// `loop.call_soon(...)` is a plain method lookup the interpreter can specialise.
+    #[staticmethod]
+    fn _fast_descriptor(
+        cls: &Bound<'_, pyo3::types::PyType>,
+        name: &str,
+    ) -> PyResult<Option<PyObject>> {
+        fastcall::descriptor(cls, name)
+    }
+
     /// Stop after the current iteration (callbacks already scheduled for it still run).
     fn stop(&self) {
         self.stopping.store(true, Relaxed);
@@ -664,6 +675,47 @@ mod fastcall {
         get_debug,
         "get_debug($self, /)\n--\n\nWhether debug mode is on."
     );
+
+    fn def_of(name: &str) -> Option<&'static MethodDef> {
+        Some(match name {
+            "call_soon" => &CALL_SOON,
+            "call_soon_threadsafe" => &CALL_SOON_THREADSAFE,
+            "call_later" => &CALL_LATER,
+            "call_at" => &CALL_AT,
+            "create_task" => &CREATE_TASK,
+            "create_future" => &CREATE_FUTURE,
+            "get_debug" => &GET_DEBUG,
+            _ => return None,
+        })
+    }
+
+    pub(super) fn descriptor(
+        cls: &Bound<'_, pyo3::types::PyType>,
+        name: &str,
+    ) -> PyResult<Option<PyObject>> {
+        let py = cls.py();
+        if !cls.is_subclass(&py.get_type::<LoopCore>())? {
+            return Err(pyo3::exceptions::PyTypeError::new_err(
+                "_fast_descriptor: cls must be a subclass of LoopCore",
+            ));
+        }
+        let Some(def) = def_of(name) else {
+            return Ok(None);
+        };
+        // SAFETY: GIL held; `def` is a 'static, valid method definition that CPython never
+        // writes to (the `*mut` is the C API's signature only); `cls` is a live type object that
+        // the descriptor keeps a strong reference to, and a subclass of LoopCore (checked above),
+        // so the descriptor only ever calls the entry point with a LoopCore as `self` (CPython
+        // checks `self` against `cls` before the call). Returns a new reference or NULL with an
+        // exception set.
+        unsafe {
+            let d = ffi::PyDescr_NewMethod(
+                cls.as_ptr() as *mut ffi::PyTypeObject,
+                &def.0 as *const ffi::PyMethodDef as *mut ffi::PyMethodDef,
+            );
+            Bound::from_owned_ptr_or_err(py, d).map(|d| Some(d.unbind()))
+        }
+    }
 
     pub(super) fn bind(slf: &Bound<'_, LoopCore>, name: &str) -> PyResult<Option<PyObject>> {
         let def = match name {
