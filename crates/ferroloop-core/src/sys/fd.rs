@@ -53,16 +53,26 @@ mod tests {
 
     #[test]
     fn closes_once_and_reports_closed() {
-        // SAFETY: plain syscall; result checked below.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        assert!(fd >= 0);
-        let c = ClosableFd::new(fd);
-        assert_eq!(c.get(), Some(fd));
+        // The write end of a pipe: once it is closed, the read end sees EOF. (Checking the
+        // number with fcntl would race with other test threads that reuse it.)
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        let (r, w) = (fds[0], fds[1]);
+        let c = ClosableFd::new(w);
+        assert_eq!(c.get(), Some(w));
         c.close();
         assert_eq!(c.get(), None);
         assert_eq!(c.raw().unwrap_err().raw_os_error(), Some(libc::EBADF));
-        // SAFETY: F_GETFD on a number we just closed: must fail with EBADF.
-        assert_eq!(unsafe { libc::fcntl(fd, libc::F_GETFD) }, -1);
+        let mut buf = [0u8; 1];
+        // SAFETY: `r` is our open read end; `buf` has room for the one byte asked for.
+        assert_eq!(
+            unsafe { libc::read(r, buf.as_mut_ptr().cast(), 1) },
+            0,
+            "EOF: write end closed"
+        );
+        // SAFETY: closing our own read end once.
+        unsafe { libc::close(r) };
         c.close(); // no double close
     }
 }
