@@ -64,8 +64,12 @@ impl Waker {
     pub fn after_poll(&self, fired: bool) {
         self.polling.store(false, SeqCst);
         if fired {
-            self.pending.store(false, SeqCst);
+            // Drain first, then clear `pending`. The other order loses wake-ups: a producer that
+            // saw `polling` just before it was cleared could set `pending` and write the fd
+            // between the clear and the drain; the drain then eats its write while `pending`
+            // stays set, and every later `wake` sees `pending` and writes nothing.
             self.fd.drain();
+            self.pending.store(false, SeqCst);
         }
     }
 }
@@ -162,6 +166,8 @@ mod tests {
             w.prepare_to_poll();
             let timeout = if queued.load(SeqCst) > seen { 0 } else { 5_000 };
             sel.select(&mut ev, timeout, 8).unwrap();
+            // Blocking with nothing unseen: the producer's next item must wake us.
+            assert!(timeout == 0 || !ev.is_empty(), "lost wake-up after {seen}/{N}");
             w.after_poll(!ev.is_empty());
             seen = queued.load(SeqCst);
         }
