@@ -167,7 +167,10 @@ mod tests {
             let timeout = if queued.load(SeqCst) > seen { 0 } else { 5_000 };
             sel.select(&mut ev, timeout, 8).unwrap();
             // Blocking with nothing unseen: the producer's next item must wake us.
-            assert!(timeout == 0 || !ev.is_empty(), "lost wake-up after {seen}/{N}");
+            assert!(
+                timeout == 0 || !ev.is_empty(),
+                "lost wake-up after {seen}/{N}"
+            );
             w.after_poll(!ev.is_empty());
             seen = queued.load(SeqCst);
         }

@@ -149,7 +149,11 @@ pub(crate) fn dispatch(slf: &Bound<'_, LoopCore>, events: &[Event]) -> PyResult<
     let this = slf.get();
     let mut cancelled: Vec<(RawFd, Direction)> = Vec::new();
     for ev in events {
-        let fd = ev.token as RawFd;
+        // Fds are the tokens of registered fds; larger tokens are the loop's own (waker, signal
+        // pipe), handled by the iteration.
+        let Ok(fd) = RawFd::try_from(ev.token) else {
+            continue;
+        };
         let (reader, writer) = this.io.with(py, |r| match r.get(fd) {
             Some(e) => (
                 if ev.readable {

@@ -152,12 +152,8 @@ fn poll(slf: &Bound<'_, LoopCore>, mut wait: Wait) -> PyResult<()> {
     }
     this.waker.after_poll(woken);
     let dispatched = if io_events > 0 {
-        let fd_events: Vec<_> = events
-            .iter()
-            .filter(|e| e.token < SIGNAL_TOKEN)
-            .copied()
-            .collect();
-        io::dispatch(slf, &fd_events)
+        // dispatch skips the waker's and the signal pipe's tokens: no filtered copy needed.
+        io::dispatch(slf, &events)
     } else {
         Ok(())
     };
