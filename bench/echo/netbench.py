@@ -228,6 +228,26 @@ def markdown_table(head, body, left=1, note=True):
     return '\n'.join(out + ['| ' + ' | '.join(map(str, c)) + ' |' for c in body])
 
 
+CPU_CAPTION = "\nServer CPU per request (vs X = X's µs/req / this one's: above 1 = cheaper than X):\n"
+
+
+def print_report(rows, case_cols, path, markdown_intro=None, ceiling=False):
+    """The req/s and server-CPU tables as plain text and the raw file's path; with
+    `markdown_intro` (heading and method paragraph) the same tables again as Markdown."""
+    left = len(case_cols) + 1  # the case columns and the loop
+    head, body = table_cells(rows, case_cols, ceiling=ceiling)
+    chead, cbody = cpu_table_cells(rows, case_cols, ceiling=ceiling)
+    print(plain_table(head, body, left=left))
+    print(CPU_CAPTION)
+    print(plain_table(chead, cbody, left=left, note=False))
+    print(f'\nraw: {path}')
+    if markdown_intro is not None:
+        print(markdown_intro)
+        print(markdown_table(head, body, left=left))
+        print(CPU_CAPTION)
+        print(markdown_table(chead, cbody, left=left, note=False))
+
+
 def machine():
     model = ''
     try:

@@ -175,25 +175,18 @@ def main(argv=None):
             'server_cpu': a.server_cpu, 'client_cpu': a.client_cpu}
     path = nb.save(a.out, 'echo', {'meta': meta, 'rows': rows,
                                    'samples': [r for v in samples.values() for r in v]})
-    head, body = nb.table_cells(rows, ['style', 'transport', 'size', 'conns'], ceiling=not a.no_ceiling)
-    chead, cbody = nb.cpu_table_cells(rows, ['style', 'transport', 'size', 'conns'], ceiling=not a.no_ceiling)
-    print(nb.plain_table(head, body, left=5))
-    print('\nServer CPU per request (vs X = X\'s µs/req / this one\'s: above 1 = cheaper than X):\n')
-    print(nb.plain_table(chead, cbody, left=5, note=False))
-    print(f'\nraw: {path}')
+    intro = None
     if a.markdown:
         m = meta['machine']
-        print(f'\n### Echo benchmark ({meta["date"][:8]})\n')
-        print(f'{m["cpu_model"]}, {m["nproc"]} CPUs, {m["platform"]}; server pinned to CPU {a.server_cpu}, '
-              f'client (bench/echo echo-client) to CPU {a.client_cpu}. Loops: '
-              + ', '.join(f'{k} {v}' for k, v in versions.items())
-              + f'. Median of {a.reps} fresh-process samples of {a.duration:g} s (after {a.warmup:g} s warm-up). '
-              'req/s: request/response round trips per second over all connections (higher is better); '
-              'srv CPU µs/req: server CPU time (user+sys) per request (lower is better); '
-              'vs: ratio of req/s.\n')
-        print(nb.markdown_table(head, body, left=5))
-        print('\nServer CPU per request (vs X = X\'s µs/req / this one\'s: above 1 = cheaper than X):\n')
-        print(nb.markdown_table(chead, cbody, left=5, note=False))
+        intro = (f'\n### Echo benchmark ({meta["date"][:8]})\n\n'
+                 f'{m["cpu_model"]}, {m["nproc"]} CPUs, {m["platform"]}; server pinned to CPU {a.server_cpu}, '
+                 f'client (bench/echo echo-client) to CPU {a.client_cpu}. Loops: '
+                 + ', '.join(f'{k} {v}' for k, v in versions.items())
+                 + f'. Median of {a.reps} fresh-process samples of {a.duration:g} s (after {a.warmup:g} s warm-up). '
+                 'req/s: request/response round trips per second over all connections (higher is better); '
+                 'srv CPU µs/req: server CPU time (user+sys) per request (lower is better); '
+                 'vs: ratio of req/s.\n')
+    nb.print_report(rows, ['style', 'transport', 'size', 'conns'], path, intro, ceiling=not a.no_ceiling)
     failed = [r for r in rows if r['req_per_s'] is None and r['loop'] in ('ferroloop', CEILING)]
     return 1 if failed else 0
 

@@ -226,24 +226,17 @@ def main(argv=None):
             'warmup': a.warmup, 'server_cpu': a.server_cpu, 'client_cpu': a.client_cpu}
     path = nb.save(a.out, 'http', {'meta': meta, 'rows': rows,
                                    'samples': [r for v in samples.values() for r in v]})
-    head, body = nb.table_cells(rows, ['server', 'conns'])
-    chead, cbody = nb.cpu_table_cells(rows, ['server', 'conns'])
-    print(nb.plain_table(head, body, left=3))
-    print('\nServer CPU per request (vs X = X\'s µs/req / this one\'s: above 1 = cheaper than X):\n')
-    print(nb.plain_table(chead, cbody, left=3, note=False))
-    print(f'\nraw: {path}')
+    intro = None
     if a.markdown:
         m = meta['machine']
-        print(f'\n### HTTP benchmark ({meta["date"][:8]})\n')
-        print(f'{m["cpu_model"]}, {m["nproc"]} CPUs, {m["platform"]}; server pinned to CPU {a.server_cpu}, '
-              f'{wrk_version.split(" [")[0]} (1 thread) to CPU {a.client_cpu}; uvicorn {uvicorn_version} '
-              '(--http httptools). Loops: ' + ', '.join(f'{k} {v}' for k, v in versions.items())
-              + f'. Median of {a.reps} fresh-process samples of {a.duration} s (after a {a.warmup} s wrk '
-              'warm-up). req/s: keep-alive GET / responses per second (higher is better); '
-              'srv CPU µs/req: server CPU time per request (lower is better); vs: ratio of req/s.\n')
-        print(nb.markdown_table(head, body, left=3))
-        print('\nServer CPU per request (vs X = X\'s µs/req / this one\'s: above 1 = cheaper than X):\n')
-        print(nb.markdown_table(chead, cbody, left=3, note=False))
+        intro = (f'\n### HTTP benchmark ({meta["date"][:8]})\n\n'
+                 f'{m["cpu_model"]}, {m["nproc"]} CPUs, {m["platform"]}; server pinned to CPU {a.server_cpu}, '
+                 f'{wrk_version.split(" [")[0]} (1 thread) to CPU {a.client_cpu}; uvicorn {uvicorn_version} '
+                 '(--http httptools). Loops: ' + ', '.join(f'{k} {v}' for k, v in versions.items())
+                 + f'. Median of {a.reps} fresh-process samples of {a.duration} s (after a {a.warmup} s wrk '
+                 'warm-up). req/s: keep-alive GET / responses per second (higher is better); '
+                 'srv CPU µs/req: server CPU time per request (lower is better); vs: ratio of req/s.\n')
+    nb.print_report(rows, ['server', 'conns'], path, intro)
     failed = [r for r in rows if r['req_per_s'] is None and r['loop'] == 'ferroloop']
     return 1 if failed else 0
 
