@@ -28,6 +28,16 @@ def new_loop(name):
     return importlib.import_module(name).new_event_loop()
 
 
+def server_loop(name, cpu=None):
+    """For the echo and HTTP servers: pin this process to `cpu` (if given), then a new loop of
+    the named kind, set as the current loop."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    loop = new_loop(name)
+    asyncio.set_event_loop(loop)
+    return loop
+
+
 def loop_version(name):
     if name == 'asyncio':
         return sys.version.split()[0]

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/: the loop factories
-from scenarios import LOOPS, new_loop  # noqa: E402
+from scenarios import LOOPS, server_loop  # noqa: E402
 
 RECV_SIZE = 256 * 1024  # bytes asked per read; larger than the largest message (100 KiB)
 STYLES = ('sock', 'streams', 'protocol')
@@ -137,10 +137,7 @@ def main(argv=None):
     g.add_argument('--unix', metavar='PATH')
     p.add_argument('--cpu', type=int, help='pin this process to one CPU')
     a = p.parse_args(argv)
-    if a.cpu is not None:
-        os.sched_setaffinity(0, {a.cpu})
-    loop = new_loop(a.loop)
-    asyncio.set_event_loop(loop)
+    loop = server_loop(a.loop, a.cpu)
     sock, shown = listening_socket(a)
 
     def ready():

@@ -9,7 +9,6 @@ Prints "LISTENING tcp HOST:PORT" when it accepts connections, then serves until 
 
 import argparse
 import asyncio
-import os
 import socket
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import httptools
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/: the loop factories
-from scenarios import LOOPS, new_loop  # noqa: E402
+from scenarios import LOOPS, server_loop  # noqa: E402
 
 BODY = b'Hello, World!'
 OK = (b'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n' % len(BODY)) + BODY
@@ -78,10 +77,7 @@ def main(argv=None):
     p.add_argument('--port', type=int, default=0)
     p.add_argument('--cpu', type=int, help='pin this process to one CPU')
     a = p.parse_args(argv)
-    if a.cpu is not None:
-        os.sched_setaffinity(0, {a.cpu})
-    loop = new_loop(a.loop)
-    asyncio.set_event_loop(loop)
+    loop = server_loop(a.loop, a.cpu)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((a.host, a.port))
