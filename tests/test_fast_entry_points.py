@@ -156,3 +156,72 @@ def test_subclass_overriding_class_level_entry_points_is_used(loop):
     finally:
         sub.close()
     assert 'create_future' in seen and 'call_later' in seen
+
+
+@pytest.mark.parametrize('name', ['call_soon', 'time'])
+def test_assigning_and_deleting_per_loop_methods(loop, name):
+    # call_soon and time behave as instance attributes would on asyncio's loop (ferroloop keeps
+    # them in per-loop slots read by a data descriptor): deleting with nothing assigned raises,
+    # an assignment is used (by tasks too), and deleting it brings the loop's own method back.
+    own = getattr(loop, name)
+    assert getattr(loop, name) == own
+    with pytest.raises(AttributeError, match=name):
+        delattr(loop, name)
+    assert getattr(loop, name) == own
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return own(*args, **kwargs)
+
+    setattr(loop, name, spy)
+    assert getattr(loop, name) is spy
+
+    async def main():
+        await asyncio.sleep(0)
+        return loop.time()
+
+    loop.run_until_complete(main())
+    assert calls  # the C Task's step scheduling, or main's loop.time()
+    delattr(loop, name)
+    assert getattr(loop, name) == own
+    with pytest.raises(AttributeError, match=name):
+        delattr(loop, name)
+    other = type(loop)()
+    try:
+        assert getattr(other, name) != own  # bound to its own loop
+    finally:
+        other.close()
+
+
+def test_mock_patch_of_per_loop_methods_is_undone(loop):
+    from unittest import mock
+    own_soon, own_time = loop.call_soon, loop.time
+    with mock.patch.object(loop, 'time', return_value=123.0), \
+            mock.patch.object(loop, 'call_soon') as soon:
+        assert loop.time() == 123.0
+        loop.call_soon(print)
+        soon.assert_called_once_with(print)
+    assert loop.call_soon == own_soon and loop.time == own_time
+    assert loop.time() != 123.0
+
+
+def test_per_loop_method_slots_on_the_class():
+    # On ferroloop.Loop the two are data descriptors: class access gives the descriptor, a
+    # non-loop object is refused, and a loop whose slots hold a cycle is still collected.
+    cls = ferroloop.Loop
+    for name in ('call_soon', 'time'):
+        descr = cls.__dict__[name]
+        assert getattr(cls, name) is descr
+        assert name in repr(descr)
+        with pytest.raises(TypeError):
+            descr.__get__(object())
+        with pytest.raises(TypeError):
+            descr.__set__(object(), 1)
+    lp = ferroloop.Loop()
+    lp.call_soon = lambda *a, **k: lp  # slot -> lambda -> loop
+    ref = weakref.ref(lp)
+    lp.close()
+    del lp
+    gc.collect()
+    assert ref() is None

@@ -39,9 +39,10 @@ _Base = _be.BaseEventLoop
 # specialise. A subclass that overrides one still wins (it comes first in the MRO).
 _FAST = ('call_soon_threadsafe', 'call_later', 'call_at', 'create_future', 'create_task',
          'get_debug')
-# Rust methods bound once per loop, in the instance dict (see Loop.__init__). call_soon stays
-# here: 3.11's C Task and Future look it up with PyObject_GetAttr, and a descriptor on the type
-# would bind a new method object for each of those calls.
+# Rust methods bound once per loop and kept in LoopCore's slots, read by data descriptors set on
+# Loop (end of this module; see slots.rs). call_soon is here rather than in _FAST: 3.11's C Task
+# and Future look it up with PyObject_GetAttr, and a method descriptor would bind a new method
+# object for each of those calls; a slot is one pointer read.
 _PREBOUND = ('call_soon', 'time')
 
 class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
@@ -71,16 +72,11 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
         self._transports = weakref.WeakValueDictionary()
         self._signal_handlers = {}
         self._unix_server_sockets = {}  # 3.13's create_unix_server(cleanup_socket=True)
-        # Methods asyncio's C Task/Future and sleep()/timeouts look up on every use: an instance
-        # attribute is found without binding a new method object each time. Only for those a
-        # subclass does not override. call_soon is bound to its direct METH_FASTCALL entry point
-        # (LoopCore._fast_method; same behaviour, less argument parsing).
-        cls = type(self)
-        for name in _PREBOUND:
-            method = getattr(_ferroloop.LoopCore, name)
-            if getattr(cls, name) is method:
-                fast = self._fast_method(name)
-                self.__dict__[name] = method.__get__(self) if fast is None else fast
+        # Methods asyncio's C Task/Future and sleep()/timeouts look up on every use: bound once
+        # into this loop's slots, read by the data descriptors set on Loop (see slots.rs). A
+        # subclass override still wins, and its super() call finds the slot. call_soon is bound
+        # to its direct METH_FASTCALL entry point (same behaviour, less argument parsing).
+        self._bind_slots()
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -316,4 +312,6 @@ Loop.__repr__ = _Base.__repr__  # dunders are not copied wholesale
 _borrow_selector_loop(Loop)
 for _name in _FAST:
     setattr(Loop, _name, _ferroloop.LoopCore._fast_descriptor(Loop, _name))
+for _name in _PREBOUND:
+    setattr(Loop, _name, _ferroloop.LoopCore._slot_descriptor(Loop, _name))
 del _name

@@ -6,6 +6,7 @@
 //!   inside its `contextvars.Context`.
 //! - [`loop_core`] — `LoopCore`, the Rust base class of `ferroloop.Loop`: scheduling methods,
 //!   flags, and the entry points of the run loop.
+//! - [`slots`]     — `call_soon` and `time` as per-loop slots read by a data descriptor.
 //! - [`io`]        — readers and writers (`_add_reader` …) and dispatching poller events.
 //! - [`iteration`] — one loop iteration (`_run_once`): timers, polling, running the ready batch.
 //! - [`transport`] — `SocketPump`: the per-message path of socket transports (read →
@@ -26,6 +27,7 @@ mod helpers;
 mod io;
 mod iteration;
 mod loop_core;
+mod slots;
 mod sockio;
 mod sockops;
 mod transport;
@@ -44,6 +46,8 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handle::Handle>()?;
     m.add_class::<handle::TimerHandle>()?;
     m.add_class::<loop_core::LoopCore>()?;
+    m.add_class::<slots::SlotDescriptor>()?;
+    slots::install(m.py())?;
     m.add_class::<transport::SocketPump>()?;
     m.add_class::<sockops::SockOp>()?;
     m.add_function(wrap_pyfunction!(sockops::sock_recv, m)?)?;

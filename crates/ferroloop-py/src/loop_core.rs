@@ -27,6 +27,7 @@ use crate::handle::{self, Handle, TimerHandle};
 use crate::helpers;
 use crate::io;
 use crate::iteration;
+use crate::slots::{self, Slots};
 
 /// `(fileobj, events, reader, writer)` of one fd, as `selectors.SelectorKey` has them.
 type IoKey = (PyObject, u8, Option<Py<Handle>>, Option<Py<Handle>>);
@@ -55,6 +56,8 @@ pub struct LoopCore {
     /// asyncio's `_task_factory` attribute (None: `None`), a property so that `create_task` reads
     /// it without an attribute lookup on the loop.
     task_factory: GilCell<Option<PyObject>>,
+    /// `call_soon` and `time`, bound once per loop, read by `SlotDescriptor` (see `slots.rs`).
+    pub(crate) slots: Slots,
 }
 
 fn os_err(e: std::io::Error) -> PyErr {
@@ -252,6 +255,7 @@ impl LoopCore {
             debug: AtomicBool::new(false),
             slow_callback_duration: AtomicU64::new(0.1f64.to_bits()),
             task_factory: GilCell::new(None),
+            slots: Slots::new(),
         })
     }
 
@@ -337,7 +341,7 @@ impl LoopCore {
     /// `fastcall` below), or None if `name` has none. `Loop.__init__` stores these in the instance
     /// dict.
     fn _fast_method(slf: &Bound<'_, Self>, name: &str) -> PyResult<Option<PyObject>> {
-        fastcall::bind(slf, name)
+        fast_method(slf, name)
     }
 
     /// `name`'s direct METH_FASTCALL entry point as a method descriptor of `cls` (a subclass of
@@ -349,6 +353,22 @@ impl LoopCore {
         name: &str,
     ) -> PyResult<Option<PyObject>> {
         fastcall::descriptor(cls, name)
+    }
+
+    /// The data descriptor for `name` (`call_soon` or `time`) reading this loop's slot for it,
+    /// or None for other names; `cls` is the subclass it is set on. `_loop.py` sets these on
+    /// `Loop` (see `slots.rs`).
+    #[staticmethod]
+    fn _slot_descriptor(
+        cls: &Bound<'_, pyo3::types::PyType>,
+        name: &str,
+    ) -> PyResult<Option<Py<slots::SlotDescriptor>>> {
+        slots::descriptor(cls, name)
+    }
+
+    /// Fill this loop's slots with its own methods (`Loop.__init__`).
+    fn _bind_slots(slf: &Bound<'_, Self>) -> PyResult<()> {
+        slots::bind_all(slf)
     }
 
     /// Stop after the current iteration (callbacks already scheduled for it still run).
@@ -580,6 +600,7 @@ impl LoopCore {
                 visit.call(f)?;
             }
         }
+        self.slots.traverse(&visit)?;
         Ok(())
     }
 
@@ -588,8 +609,14 @@ impl LoopCore {
             let _ = self._close_core(py);
             let factory = self.task_factory.with(py, Option::take);
             drop(factory);
+            self.slots.clear(py);
         })
     }
+}
+
+/// `name` of this loop as a builtin bound to its METH_FASTCALL entry point, or None.
+pub(crate) fn fast_method(slf: &Bound<'_, LoopCore>, name: &str) -> PyResult<Option<PyObject>> {
+    fastcall::bind(slf, name)
 }
 
 /// Direct METH_FASTCALL|METH_KEYWORDS entry points for `call_soon`, `call_soon_threadsafe`,

@@ -1,0 +1,295 @@
+//! `call_soon` and `time` as per-loop slots of `LoopCore`, read by a data descriptor.
+//!
+//! asyncio's C Task looks `loop.call_soon` up with `PyObject_GetAttr` on every step, and Python
+//! code with `LOAD_METHOD`. `Loop.__init__` binds these two once per loop (see `_loop.py`).
+//! Kept in the instance dict, each lookup cost a type lookup *and* a dict lookup (the type's
+//! method is a non-data descriptor, so the instance dict must be searched first). A
+//! `SlotDescriptor` on `Loop` is a data descriptor: the lookup is the (cached) type lookup and
+//! one pointer read in `raw_get`.
+//!
+//! The attribute still behaves as asyncio's instance attribute would: assigning replaces it for
+//! this loop (tasks then call the replacement), deleting an assigned value brings the loop's own
+//! method back, and deleting when nothing was assigned raises AttributeError.
+
+use std::cell::UnsafeCell;
+use std::ffi::CStr;
+
+use pyo3::exceptions::{PyAttributeError, PyTypeError};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyString, PyType};
+use pyo3::{PyTraverseError, PyTypeInfo, PyVisit};
+
+use crate::loop_core::LoopCore;
+
+/// The attributes kept in slots, in slot order.
+pub(crate) const NAMES: [&CStr; 2] = [c"call_soon", c"time"];
+
+/// One slot: the attribute's value, and whether it was assigned (rather than bound by
+/// `Loop.__init__`).
+struct Slot {
+    value: Option<PyObject>,
+    assigned: bool,
+}
+
+/// The slots inside `LoopCore`.
+pub struct Slots([UnsafeCell<Slot>; NAMES.len()]);
+
+// SAFETY: the slots are only read or written with the GIL held (the descriptor's functions,
+// the GC's traverse and clear, `Loop.__init__`), on the GIL-enabled CPython this module is
+// built for; no reference into a slot is held across a call into Python.
+unsafe impl Send for Slots {}
+// SAFETY: as above.
+unsafe impl Sync for Slots {}
+
+impl Slots {
+    pub const fn new() -> Self {
+        Slots(
+            [const {
+                UnsafeCell::new(Slot {
+                    value: None,
+                    assigned: false,
+                })
+            }; NAMES.len()],
+        )
+    }
+
+    /// Slot `i`'s value as a borrowed pointer (NULL if empty).
+    ///
+    /// # Safety
+    /// GIL held; the pointer is only valid until the slot is next written.
+    #[inline]
+    unsafe fn peek(&self, i: usize) -> *mut ffi::PyObject {
+        match &(*self.0[i].get()).value {
+            Some(v) => v.as_ptr(),
+            None => std::ptr::null_mut(),
+        }
+    }
+
+    /// Store `value` in slot `i`; returns the old value, for the caller to drop (its destructor
+    /// may run Python code, which could touch the slots again).
+    fn replace(&self, _py: Python<'_>, i: usize, value: Option<PyObject>, assigned: bool) -> Slot {
+        // SAFETY: GIL held (`_py`); the mutable access ends within this statement.
+        unsafe { std::mem::replace(&mut *self.0[i].get(), Slot { value, assigned }) }
+    }
+
+    pub(crate) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        for cell in &self.0 {
+            // SAFETY: the GC holds the GIL and runs no Python code that could write the slot
+            // while it is being visited.
+            visit.call(unsafe { &(*cell.get()).value })?;
+        }
+        Ok(())
+    }
+
+    /// Empty every slot (GC clear); the references are released after all are empty.
+    pub(crate) fn clear(&self, py: Python<'_>) {
+        let taken: Vec<Slot> = (0..NAMES.len())
+            .map(|i| self.replace(py, i, None, false))
+            .collect();
+        drop(taken);
+    }
+}
+
+/// The data descriptor of one slot, set on `Loop` by `_loop.py` for each of `NAMES`.
+#[pyclass(frozen, module = "ferroloop._ferroloop")]
+pub struct SlotDescriptor {
+    index: usize,
+    name: Py<PyString>,
+    /// The class the descriptor is set on (`Loop`): an instance of exactly this class needs no
+    /// subclass check.
+    owner: Py<PyType>,
+    /// `LoopCore`'s type, for the subclass check of other instances.
+    core: Py<PyType>,
+}
+
+impl SlotDescriptor {
+    /// The descriptor's lookup: `loop.<name>`. Shared by `raw_get` (the type slot) and
+    /// `__get__` (the same behaviour reached through `SlotDescriptor.__get__`).
+    ///
+    /// # Safety
+    /// GIL held; `descr` is a live SlotDescriptor; `obj` NULL or a live object. Returns a new
+    /// reference, or NULL with an exception set. Never panics (pointer reads and C API calls).
+    #[inline]
+    unsafe fn read(
+        py: Python<'_>,
+        descr: *mut ffi::PyObject,
+        obj: *mut ffi::PyObject,
+    ) -> *mut ffi::PyObject {
+        if obj.is_null() || obj == ffi::Py_None() {
+            // Class attribute access (`Loop.call_soon`): the descriptor itself.
+            ffi::Py_INCREF(descr);
+            return descr;
+        }
+        let this = Bound::from_borrowed_ptr(py, descr)
+            .downcast_into_unchecked::<SlotDescriptor>();
+        let this = this.get();
+        let ty = ffi::Py_TYPE(obj);
+        if ty != this.owner.as_ptr() as *mut ffi::PyTypeObject
+            && ffi::PyType_IsSubtype(ty, this.core.as_ptr() as *mut ffi::PyTypeObject) == 0
+        {
+            ffi::PyErr_SetString(
+                ffi::PyExc_TypeError,
+                c"ferroloop slot descriptor: not a ferroloop loop".as_ptr(),
+            );
+            return std::ptr::null_mut();
+        }
+        let core = Bound::from_borrowed_ptr(py, obj).downcast_into_unchecked::<LoopCore>();
+        let value = core.get().slots.peek(this.index);
+        if value.is_null() {
+            ffi::PyErr_Format(
+                ffi::PyExc_AttributeError,
+                c"'%.100s' object has no attribute '%U'".as_ptr(),
+                (*ffi::Py_TYPE(obj)).tp_name,
+                this.name.as_ptr(),
+            );
+            return std::ptr::null_mut();
+        }
+        ffi::Py_INCREF(value);
+        value
+    }
+
+    fn core<'py>(&self, obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, LoopCore>> {
+        obj.downcast::<LoopCore>()
+            .cloned()
+            .map_err(|_| PyTypeError::new_err("ferroloop slot descriptor: not a ferroloop loop"))
+    }
+
+    fn no_attribute(&self, obj: &Bound<'_, PyAny>) -> PyErr {
+        let ty = obj.get_type();
+        let ty = ty.name().map(|n| n.to_string()).unwrap_or_default();
+        PyAttributeError::new_err(format!("'{ty}' object has no attribute '{}'", self.name))
+    }
+}
+
+/// `tp_descr_get` of `SlotDescriptor`, installed over PyO3's by `install`: the lookup without
+/// PyO3's trampoline and argument conversion, which cost as much as the dict lookup it saves.
+unsafe extern "C" fn raw_get(
+    descr: *mut ffi::PyObject,
+    obj: *mut ffi::PyObject,
+    _ty: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    let run = || {
+        // SAFETY: CPython calls tp_descr_get with the GIL held and live arguments.
+        unsafe { SlotDescriptor::read(Python::assume_gil_acquired(), descr, obj) }
+    };
+    // `read` only reads pointers and calls the C API; nothing in it is expected to panic, but a
+    // panic must never unwind into CPython.
+    match std::panic::catch_unwind(run) {
+        Ok(result) => result,
+        Err(_) => {
+            // SAFETY: GIL held (as above).
+            unsafe {
+                ffi::PyErr_SetString(
+                    ffi::PyExc_SystemError,
+                    c"ferroloop: panic in slot lookup".as_ptr(),
+                );
+            }
+            std::ptr::null_mut()
+        }
+    }
+}
+
+#[pymethods]
+impl SlotDescriptor {
+    fn __get__(
+        slf: &Bound<'_, Self>,
+        obj: Option<&Bound<'_, PyAny>>,
+        _ty: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyObject> {
+        let py = slf.py();
+        let obj = obj.map_or(std::ptr::null_mut(), Bound::as_ptr);
+        // SAFETY: GIL held; `slf` and `obj` are live for the call; `read` returns a new
+        // reference or NULL with an exception set.
+        unsafe { Bound::from_owned_ptr_or_err(py, Self::read(py, slf.as_ptr(), obj)) }
+            .map(Bound::unbind)
+    }
+
+    /// `loop.<name> = value`: this loop uses `value` from now on.
+    fn __set__(&self, obj: &Bound<'_, PyAny>, value: PyObject) -> PyResult<()> {
+        let core = self.core(obj)?;
+        let old = core.get().slots.replace(obj.py(), self.index, Some(value), true);
+        drop(old);
+        Ok(())
+    }
+
+    /// `del loop.<name>`: back to the loop's own method after an assignment, as deleting an
+    /// instance attribute does in asyncio; AttributeError if nothing was assigned.
+    fn __delete__(&self, obj: &Bound<'_, PyAny>) -> PyResult<()> {
+        let core = self.core(obj)?;
+        let py = obj.py();
+        // SAFETY: GIL held; the flag is read before any Python code runs.
+        let assigned = unsafe { (*core.get().slots.0[self.index].get()).assigned };
+        if !assigned {
+            return Err(self.no_attribute(obj));
+        }
+        let own = bind_own(&core, self.index)?;
+        let old = core.get().slots.replace(py, self.index, Some(own), false);
+        drop(old);
+        Ok(())
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<slot '{}' of 'Loop' objects>", self.name)
+    }
+}
+
+/// The loop's own method for slot `i`: `call_soon`'s METH_FASTCALL entry point, or the PyO3
+/// method bound to the loop.
+fn bind_own(core: &Bound<'_, LoopCore>, i: usize) -> PyResult<PyObject> {
+    let name = NAMES[i].to_str().unwrap_or_default();
+    if let Some(fast) = crate::loop_core::fast_method(core, name)? {
+        return Ok(fast);
+    }
+    let method = core.py().get_type::<LoopCore>().getattr(name)?;
+    Ok(method.call_method1("__get__", (core,))?.unbind())
+}
+
+/// Fill every slot of a new loop with its own methods (`Loop.__init__`).
+pub(crate) fn bind_all(core: &Bound<'_, LoopCore>) -> PyResult<()> {
+    for i in 0..NAMES.len() {
+        let own = bind_own(core, i)?;
+        let old = core.get().slots.replace(core.py(), i, Some(own), false);
+        drop(old);
+    }
+    Ok(())
+}
+
+/// The descriptor of `name` for `owner` (a subclass of LoopCore), or None if `name` has no
+/// slot.
+pub(crate) fn descriptor(
+    owner: &Bound<'_, PyType>,
+    name: &str,
+) -> PyResult<Option<Py<SlotDescriptor>>> {
+    let py = owner.py();
+    let core = LoopCore::type_object(py);
+    if !owner.is_subclass(&core)? {
+        return Err(PyTypeError::new_err(
+            "_slot_descriptor: cls must be a subclass of LoopCore",
+        ));
+    }
+    let Some(index) = NAMES.iter().position(|n| n.to_str() == Ok(name)) else {
+        return Ok(None);
+    };
+    let descr = SlotDescriptor {
+        index,
+        name: PyString::intern(py, name).unbind(),
+        owner: owner.clone().unbind(),
+        core: core.unbind(),
+    };
+    Py::new(py, descr).map(Some)
+}
+
+/// Put `raw_get` in `SlotDescriptor`'s `tp_descr_get` (module initialisation).
+pub(crate) fn install(py: Python<'_>) -> PyResult<()> {
+    let ty = py.get_type::<SlotDescriptor>();
+    // SAFETY: GIL held; `ty` is SlotDescriptor's heap type object, created by PyO3 and not yet
+    // used (module initialisation); replacing one slot function with another of the same
+    // signature and meaning, then telling CPython the type changed, is what C extensions do.
+    unsafe {
+        let tp = ty.as_ptr() as *mut ffi::PyTypeObject;
+        (*tp).tp_descr_get = Some(raw_get);
+        ffi::PyType_Modified(tp);
+    }
+    Ok(())
+}
