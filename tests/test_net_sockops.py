@@ -3,6 +3,7 @@ plain non-blocking sockets and calls the socket's own methods otherwise). Each t
 and ferroloop and expects the same result or exception."""
 
 import asyncio
+import os
 import socket
 import ssl
 
@@ -161,3 +162,139 @@ def test_fd_owned_by_transport(loop, pair):
             await asyncio.sleep(0)
 
     run(loop, main())
+
+
+# -- waits on the same fd, one after another (ferroloop keeps an edge-triggered registration
+#    between them; see core::io_registry) -----------------------------------------------------
+
+def test_many_waits_in_a_row(loop, pair):
+    """Each sock_recv waits (nothing is there yet), then the data comes from a later callback;
+    and sock_sendall waits for room more than once."""
+    a, b = pair
+
+    async def main():
+        got = []
+        for i in range(50):
+            loop.call_later(0.001 if i % 2 else 0, b.send, b'm%d' % i)
+            got.append(await loop.sock_recv(a, 100))
+        return got
+
+    assert run(loop, main()) == [b'm%d' % i for i in range(50)]
+    # Now the other direction, several full send buffers.
+    blob = bytes(range(256)) * 8192  # 2 MiB
+
+    async def reader():
+        chunks = []
+        while sum(map(len, chunks)) < len(blob):
+            await asyncio.sleep(0.001)
+            try:
+                chunks.append(b.recv(1 << 16))
+            except BlockingIOError:
+                pass
+        return b''.join(chunks)
+
+    async def both():
+        for _ in range(2):
+            r = loop.create_task(reader())
+            await loop.sock_sendall(a, blob)
+            assert await r == blob
+
+    run(loop, both())
+
+
+@pytest.mark.parametrize('dup', [False, True], ids=['plain', 'dup-kept-open'])
+def test_recv_on_reused_fd_number(loop, dup):
+    """sock_recv on a socket, close it, and a new socket gets the same fd number: sock_recv on
+    the new one must still be woken (the old one's registration is gone, or — with a dup kept
+    open — still reports the old socket's data, which must not be taken for the new one's)."""
+    old_a, old_b = socket.socketpair()
+    old_a.setblocking(False)
+    fd = old_a.fileno()
+
+    async def wait_once(sock, peer, data):
+        loop.call_later(0.01, peer.send, data)
+        return await loop.sock_recv(sock, 100)
+
+    assert run(loop, wait_once(old_a, old_b, b'old')) == b'old'
+    keep = os.dup(fd) if dup else None
+    old_a.close()
+    new_a, new_b = socket.socketpair()
+    try:
+        if new_a.fileno() != fd:
+            pytest.skip('the kernel did not reuse the fd number')
+        new_a.setblocking(False)
+        if dup:
+            old_b.send(b'to the old socket')  # readable on the dup only
+        assert run(loop, wait_once(new_a, new_b, b'new')) == b'new'
+        assert run(loop, wait_once(new_a, new_b, b'again')) == b'again'
+    finally:
+        for s in (old_b, new_a, new_b):
+            s.close()
+        if keep is not None:
+            os.close(keep)
+
+
+def test_reader_after_sock_recv_is_level_triggered(loop, pair):
+    """A reader added to an fd that sock_recv waited on runs on every iteration while data
+    stays unread (level-triggered, as asyncio's), however the fd was registered before."""
+    a, b = pair
+
+    async def wait_once():
+        loop.call_later(0.01, b.send, b'x')
+        return await loop.sock_recv(a, 100)
+
+    assert run(loop, wait_once()) == b'x'
+    calls = []
+    loop.add_reader(a, calls.append, 1)
+    b.send(b'unread')
+
+    async def spin():
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    run(loop, spin())
+    loop.remove_reader(a)
+    assert len(calls) >= 3, calls
+    assert a.recv(100) == b'unread'
+
+
+def test_transport_after_sock_recv_gets_data(loop, pair):
+    """connect_accepted_socket on a socket that sock_recv waited on: the transport reads."""
+    a, b = pair
+
+    async def main():
+        loop.call_later(0.01, b.send, b'first')
+        assert await loop.sock_recv(a, 100) == b'first'
+        got = loop.create_future()
+
+        class P(asyncio.Protocol):
+            def data_received(self, data):
+                if not got.done():
+                    got.set_result(data)
+
+        tr, _ = await loop.connect_accepted_socket(P, a)
+        loop.call_later(0.01, b.send, b'second')
+        try:
+            return await got
+        finally:
+            tr.close()
+
+    assert run(loop, main()) == b'second'
+
+
+def test_cancelled_wait_then_new_wait(loop, pair):
+    """A cancelled sock_recv loses no data, and the next one on the same fd is woken."""
+    a, b = pair
+
+    async def main():
+        t = loop.create_task(loop.sock_recv(a, 100))
+        await asyncio.sleep(0.01)
+        t.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await t
+        b.send(b'after cancel')
+        first = await loop.sock_recv(a, 100)
+        loop.call_later(0.01, b.send, b'later')
+        return first, await loop.sock_recv(a, 100)
+
+    assert run(loop, main()) == (b'after cancel', b'later')

@@ -16,8 +16,18 @@
 //! interest and is edge-triggered, so at most it reports a hang-up once per state change, which
 //! dispatch ignores (or hands to the fd's new callback, as a spurious wake-up asyncio's callbacks
 //! already tolerate).
+//!
+//! *Edge* entries (`set_edge`) are for the loop's own waits that first tried their syscall and
+//! got EAGAIN (`sock_recv`, `sock_sendall`): the registration is edge-triggered, so when the
+//! last callback goes it can stay exactly as it is — no `MOD` at all — and report at most one
+//! event per new arrival, which dispatch ignores. The next edge wait on the same fd needs no
+//! syscall either, *if* the kernel still has that registration: the caller vouches for it by
+//! showing the same live owner (the socket object, held weakly; an open socket keeps its fd, so
+//! its registration lives). Any other wait revives the registration with `MOD` as usual. An
+//! edge-triggered wait only ever starts right after EAGAIN, so the next arrival is an edge it
+//! will see.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::os::fd::RawFd;
 
 use crate::poller::Interest;
@@ -51,7 +61,11 @@ pub enum PollerOp {
 pub struct Entry<T, K> {
     pub reader: Option<T>,
     pub writer: Option<T>,
+    /// For a level entry, the object the fd was first registered with; for an edge entry, the
+    /// owner (see `set_edge`).
     pub key: K,
+    /// Every callback was added by `set_edge`: the registration is edge-triggered.
+    pub edge: bool,
 }
 
 /// What `remove` took out.
@@ -69,6 +83,7 @@ impl<T, K> Entry<T, K> {
         Interest {
             readable: self.reader.is_some(),
             writable: self.writer.is_some(),
+            edge: self.edge,
         }
     }
     fn slot(&mut self, dir: Direction) -> &mut Option<T> {
@@ -79,10 +94,20 @@ impl<T, K> Entry<T, K> {
     }
 }
 
+/// An fd without callbacks whose registration was kept.
+#[derive(Debug)]
+struct Parked<K> {
+    /// What the kept registration still reports: nothing after a `Park`; an edge entry's
+    /// directions when it was left as it was.
+    interest: Interest,
+    /// The edge entry's owner, for `parked_owner`.
+    owner: Option<K>,
+}
+
 pub struct IoRegistry<T, K> {
     fds: HashMap<RawFd, Entry<T, K>>,
-    /// Fds without callbacks whose epoll registration was parked, not removed.
-    parked: HashSet<RawFd>,
+    /// Fds without callbacks whose epoll registration was parked or kept, not removed.
+    parked: HashMap<RawFd, Parked<K>>,
 }
 
 impl<T, K> Default for IoRegistry<T, K> {
@@ -95,7 +120,7 @@ impl<T, K> IoRegistry<T, K> {
     pub fn new() -> Self {
         Self {
             fds: HashMap::new(),
-            parked: HashSet::new(),
+            parked: HashMap::new(),
         }
     }
 
@@ -115,24 +140,35 @@ impl<T, K> IoRegistry<T, K> {
     /// Which poller operation `set(fd, dir, ..)` will need (asked first, so a failing syscall
     /// leaves the registry unchanged).
     pub fn op_for_set(&self, fd: RawFd, dir: Direction) -> PollerOp {
+        self.op_for(fd, dir, false, false)
+    }
+
+    /// Which poller operation `set_edge(fd, dir, ..)` will need. `same_owner`: the caller's
+    /// owner is the live owner `parked_owner(fd)` gave (so the kept registration still exists).
+    pub fn op_for_set_edge(&self, fd: RawFd, dir: Direction, same_owner: bool) -> PollerOp {
+        self.op_for(fd, dir, true, same_owner)
+    }
+
+    fn op_for(&self, fd: RawFd, dir: Direction, edge: bool, same_owner: bool) -> PollerOp {
+        let want = match dir {
+            Direction::Read => Interest::READ,
+            Direction::Write => Interest::WRITE,
+        };
         match self.fds.get(&fd) {
-            None => {
-                let i = match dir {
-                    Direction::Read => Interest::READ,
-                    Direction::Write => Interest::WRITE,
-                };
-                if self.parked.contains(&fd) {
-                    PollerOp::Revive(i)
-                } else {
-                    PollerOp::Register(i)
+            None => match self.parked.get(&fd) {
+                Some(p) if edge && same_owner && p.interest.covers(want.with_edge(true)) => {
+                    PollerOp::None
                 }
-            }
+                Some(_) => PollerOp::Revive(want.with_edge(edge)),
+                None => PollerOp::Register(want.with_edge(edge)),
+            },
             Some(e) => {
                 let mut i = e.interest();
                 match dir {
                     Direction::Read => i.readable = true,
                     Direction::Write => i.writable = true,
                 }
+                i.edge = e.edge && edge;
                 if i == e.interest() {
                     PollerOp::None
                 } else {
@@ -142,23 +178,54 @@ impl<T, K> IoRegistry<T, K> {
         }
     }
 
-    /// Install `item` as the fd's callback for `dir`. Returns the callback it replaces, and
-    /// `key` back when the fd was already registered (the first registration's object stays).
+    /// Install `item` as the fd's callback for `dir`. Returns the callback it replaces, and an
+    /// object for the caller to drop: `key` back when the fd was already registered (the first
+    /// registration's object stays), or the owner of a kept edge registration.
     pub fn set(&mut self, fd: RawFd, dir: Direction, item: T, key: K) -> (Option<T>, Option<K>) {
+        self.insert(fd, dir, item, key, false)
+    }
+
+    /// `set` for an edge-triggered wait (see the module docs), owned by `owner`.
+    pub fn set_edge(
+        &mut self,
+        fd: RawFd,
+        dir: Direction,
+        item: T,
+        owner: K,
+    ) -> (Option<T>, Option<K>) {
+        self.insert(fd, dir, item, owner, true)
+    }
+
+    fn insert(
+        &mut self,
+        fd: RawFd,
+        dir: Direction,
+        item: T,
+        key: K,
+        edge: bool,
+    ) -> (Option<T>, Option<K>) {
         match self.fds.get_mut(&fd) {
-            Some(e) => (e.slot(dir).replace(item), Some(key)),
+            Some(e) => {
+                e.edge &= edge;
+                (e.slot(dir).replace(item), Some(key))
+            }
             None => {
                 let mut e = Entry {
                     reader: None,
                     writer: None,
                     key,
+                    edge,
                 };
                 *e.slot(dir) = Some(item);
                 self.fds.insert(fd, e);
-                self.parked.remove(&fd);
-                (None, None)
+                (None, self.parked.remove(&fd).and_then(|p| p.owner))
             }
         }
+    }
+
+    /// The owner of the fd's kept edge registration, if it has one.
+    pub fn parked_owner(&self, fd: RawFd) -> Option<&K> {
+        self.parked.get(&fd).and_then(|p| p.owner.as_ref())
     }
 
     /// Remove the fd's callback for `dir`, and the fd itself when no direction is left.
@@ -174,11 +241,28 @@ impl<T, K> IoRegistry<T, K> {
         let item = e.slot(dir).take();
         let after = e.interest();
         if after.is_empty() {
-            let key = self.fds.remove(&fd).map(|e| e.key);
-            self.parked.insert(fd);
+            let e = self.fds.remove(&fd).expect("entry looked up above");
+            if e.edge {
+                // Edge-triggered already: leave the registration as it is (see the module docs).
+                let kept = Parked {
+                    interest: before,
+                    owner: Some(e.key),
+                };
+                self.parked.insert(fd, kept);
+                return Removed {
+                    item,
+                    key: None,
+                    op: PollerOp::None,
+                };
+            }
+            let parked = Parked {
+                interest: Interest::default(),
+                owner: None,
+            };
+            self.parked.insert(fd, parked);
             return Removed {
                 item,
-                key,
+                key: Some(e.key),
                 op: PollerOp::Park,
             };
         }
@@ -194,21 +278,23 @@ impl<T, K> IoRegistry<T, K> {
         }
     }
 
-    /// Forget an fd entirely (its registration failed); returns what it held.
-    pub fn forget(&mut self, fd: RawFd) -> Option<Entry<T, K>> {
-        self.parked.remove(&fd);
-        self.fds.remove(&fd)
+    /// Forget an fd entirely (its registration failed or is gone); returns what it held: its
+    /// entry, or the owner of its kept registration.
+    pub fn forget(&mut self, fd: RawFd) -> (Option<Entry<T, K>>, Option<K>) {
+        let owner = self.parked.remove(&fd).and_then(|p| p.owner);
+        (self.fds.remove(&fd), owner)
     }
 
-    /// Whether the fd's registration is parked.
+    /// Whether the fd's registration is parked or kept.
     pub fn is_parked(&self, fd: RawFd) -> bool {
-        self.parked.contains(&fd)
+        self.parked.contains_key(&fd)
     }
 
-    /// Remove everything (loop close).
-    pub fn clear(&mut self) -> Vec<(RawFd, Entry<T, K>)> {
-        self.parked.clear();
-        self.fds.drain().collect()
+    /// Remove everything (loop close): the entries and the owners of kept registrations.
+    #[allow(clippy::type_complexity)]
+    pub fn clear(&mut self) -> (Vec<(RawFd, Entry<T, K>)>, Vec<K>) {
+        let owners = self.parked.drain().filter_map(|(_, p)| p.owner).collect();
+        (self.fds.drain().collect(), owners)
     }
 
     /// Every registered fd.
@@ -317,11 +403,87 @@ mod tests {
             r.op_for_set(4, Direction::Read),
             PollerOp::Modify(Interest::BOTH)
         );
-        r.forget(4);
+        let _ = r.forget(4);
         assert_eq!(
             r.op_for_set(4, Direction::Read),
             PollerOp::Register(Interest::READ)
         );
+    }
+
+    #[test]
+    fn an_edge_wait_keeps_its_registration_for_the_same_owner_only() {
+        let mut r = IoRegistry::new();
+        let read_edge = Interest::READ.with_edge(true);
+        assert_eq!(
+            r.op_for_set_edge(6, Direction::Read, false),
+            PollerOp::Register(read_edge)
+        );
+        r.set_edge(6, Direction::Read, "op1", "sock");
+        // The wait ends: no poller change, the registration is kept with its owner.
+        assert_eq!(
+            r.remove(6, Direction::Read),
+            Removed {
+                item: Some("op1"),
+                key: None,
+                op: PollerOp::None
+            }
+        );
+        assert!(r.is_parked(6));
+        assert_eq!(r.parked_owner(6), Some(&"sock"));
+        // The same live owner waits again: nothing to do. Another owner (or the same fd number
+        // for a new socket): revive, edge-triggered.
+        assert_eq!(r.op_for_set_edge(6, Direction::Read, true), PollerOp::None);
+        assert_eq!(
+            r.op_for_set_edge(6, Direction::Read, false),
+            PollerOp::Revive(read_edge)
+        );
+        // The kept registration reads only: a write wait, even by its owner, must modify it.
+        assert_eq!(
+            r.op_for_set_edge(6, Direction::Write, true),
+            PollerOp::Revive(Interest::WRITE.with_edge(true))
+        );
+        // A level reader (asyncio's add_reader) revives it level-triggered.
+        assert_eq!(
+            r.op_for_set(6, Direction::Read),
+            PollerOp::Revive(Interest::READ)
+        );
+        // Installing hands the old owner back to be dropped.
+        assert_eq!(
+            r.set_edge(6, Direction::Read, "op2", "sock2"),
+            (None, Some("sock"))
+        );
+        assert!(!r.is_parked(6));
+        assert_eq!(r.parked_owner(6), None);
+    }
+
+    #[test]
+    fn mixing_level_and_edge_callbacks_is_level_triggered() {
+        let mut r = IoRegistry::new();
+        r.set_edge(8, Direction::Read, "op", "sock");
+        assert_eq!(
+            r.op_for_set(8, Direction::Write),
+            PollerOp::Modify(Interest::BOTH)
+        );
+        r.set(8, Direction::Write, "writer", "obj");
+        assert!(!r.get(8).unwrap().edge);
+        // An edge wait added to a level entry stays level; removing the level writer leaves a
+        // level reader, and removing that parks the fd (a level entry is not kept as is).
+        assert_eq!(r.op_for_set_edge(8, Direction::Read, true), PollerOp::None);
+        assert_eq!(
+            r.remove(8, Direction::Write).op,
+            PollerOp::Modify(Interest::READ)
+        );
+        assert_eq!(r.remove(8, Direction::Read).op, PollerOp::Park);
+        assert_eq!(r.parked_owner(8), None);
+        // Forgetting or clearing hands kept owners back.
+        r.set_edge(9, Direction::Read, "op", "sock9");
+        r.remove(9, Direction::Read);
+        let (entry, owner) = r.forget(9);
+        assert!(entry.is_none());
+        assert_eq!(owner, Some("sock9"));
+        r.set_edge(9, Direction::Read, "op", "sock9");
+        r.remove(9, Direction::Read);
+        assert_eq!(r.clear().1, vec!["sock9"]);
     }
 
     #[test]
@@ -331,7 +493,7 @@ mod tests {
         r.set(1, Direction::Write, 2, ());
         r.set(2, Direction::Read, 3, ());
         assert_eq!(r.iter().count(), 3);
-        let mut fds: Vec<RawFd> = r.clear().into_iter().map(|(fd, _)| fd).collect();
+        let mut fds: Vec<RawFd> = r.clear().0.into_iter().map(|(fd, _)| fd).collect();
         fds.sort();
         assert_eq!(fds, vec![1, 2]);
         assert!(r.is_empty());

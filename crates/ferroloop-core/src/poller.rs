@@ -10,24 +10,43 @@ pub use crate::sys::Selector;
 pub struct Interest {
     pub readable: bool,
     pub writable: bool,
+    /// Edge-triggered: report each new readiness once, not on every poll while it lasts. Only
+    /// for waiters that first tried the operation and got EAGAIN (see `io_registry`).
+    pub edge: bool,
 }
 
 impl Interest {
     pub const READ: Interest = Interest {
         readable: true,
         writable: false,
+        edge: false,
     };
     pub const WRITE: Interest = Interest {
         readable: false,
         writable: true,
+        edge: false,
     };
     pub const BOTH: Interest = Interest {
         readable: true,
         writable: true,
+        edge: false,
     };
 
+    /// No read or write interest.
     pub fn is_empty(self) -> bool {
         !self.readable && !self.writable
+    }
+
+    /// The same directions, edge-triggered (`true`) or level-triggered.
+    pub const fn with_edge(self, edge: bool) -> Interest {
+        Interest { edge, ..self }
+    }
+
+    /// Whether this registration reports every direction `other` asks for, in the same mode.
+    pub fn covers(self, other: Interest) -> bool {
+        self.edge == other.edge
+            && (self.readable || !other.readable)
+            && (self.writable || !other.writable)
     }
 }
 

@@ -14,7 +14,7 @@ use ferroloop_core::io_registry::{Direction, PollerOp, Removed};
 use ferroloop_core::poller::Event;
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyInt, PyTuple};
+use pyo3::types::{PyInt, PyTuple, PyWeakrefReference};
 
 use crate::handle::Handle;
 use crate::helpers;
@@ -103,6 +103,47 @@ pub(crate) fn add(
     Ok(handle)
 }
 
+/// Register `callback()` for `dir` on `fd` as an edge-triggered wait owned by `owner` (the
+/// socket of a `sock_*` call that just got EAGAIN; see `core::io_registry`); returns the handle.
+/// When this wait ends, the registration is kept as it is, and the next such wait by the same
+/// live socket needs no syscall. An owner that takes no weak reference gets a level wait.
+pub(crate) fn add_edge(
+    slf: &Bound<'_, LoopCore>,
+    fd: RawFd,
+    owner: &Bound<'_, PyAny>,
+    callback: PyObject,
+    dir: Direction,
+) -> PyResult<Py<Handle>> {
+    let py = slf.py();
+    let Ok(weak) = PyWeakrefReference::new(owner) else {
+        PyErr::take(py);
+        let fd_obj = fd.into_pyobject(py)?;
+        return add(slf, fd_obj.as_any(), callback, &PyTuple::empty(py), dir);
+    };
+    let this = slf.get();
+    this.check_closed()?;
+    let handle = Handle::new_io(py, callback, PyTuple::empty(py).unbind(), slf)?;
+    let parked = this
+        .io
+        .with(py, |r| r.parked_owner(fd).map(|k| k.clone_ref(py)))?;
+    // The kept registration is still the kernel's only if its owner is this same socket, alive
+    // (an open socket keeps its fd, hence the registration).
+    let same_owner = parked.is_some_and(|k| k.is(&weak));
+    let op = this
+        .io
+        .with(py, |r| r.op_for_set_edge(fd, dir, same_owner))?;
+    apply(this, fd, op).map_err(os_err)?;
+    let queued = handle.clone_ref(py);
+    let (old, unused) = this.io.with(py, |r| {
+        r.set_edge(fd, dir, queued, weak.into_any().unbind())
+    })?;
+    drop(unused);
+    if let Some(old) = old {
+        Handle::cancel_handle(old.bind(py))?;
+    }
+    Ok(handle)
+}
+
 /// Unregister `dir` on `fileobj`; whether a handle was registered (it is cancelled).
 pub(crate) fn remove(
     slf: &Bound<'_, LoopCore>,
@@ -124,7 +165,8 @@ fn remove_fd(slf: &Bound<'_, LoopCore>, fd: RawFd, dir: Direction) -> PyResult<b
     let applied = apply(this, fd, op);
     if applied.is_err() {
         // selectors: a failed modify unregisters the fd before raising.
-        let forgotten = this.io.with(py, |r| r.forget(fd))?;
+        let (forgotten, owner) = this.io.with(py, |r| r.forget(fd))?;
+        drop(owner);
         let _ = this.selector.deregister(fd);
         if let Some(e) = forgotten {
             for h in e.reader.into_iter().chain(e.writer) {

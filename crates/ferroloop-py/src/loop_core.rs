@@ -492,7 +492,7 @@ impl LoopCore {
     fn _close_core(&self, py: Python<'_>) -> PyResult<()> {
         let ready = self.ready.with(py, |r| r.clear())?;
         let timers = self.timers.with(py, |t| t.clear())?;
-        let io = self.io.with(py, |r| r.clear())?;
+        let (io, owners) = self.io.with(py, |r| r.clear())?;
         for t in &timers {
             t.get().scheduled.store(false, Relaxed);
         }
@@ -508,7 +508,7 @@ impl LoopCore {
         if let Some(s) = self.signal_wakeup.get() {
             s.close();
         }
-        drop((ready, timers, io));
+        drop((ready, timers, io, owners));
         handle::trim_pool(py)
     }
 

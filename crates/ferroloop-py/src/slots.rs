@@ -121,8 +121,7 @@ impl SlotDescriptor {
             ffi::Py_INCREF(descr);
             return descr;
         }
-        let this = Bound::from_borrowed_ptr(py, descr)
-            .downcast_into_unchecked::<SlotDescriptor>();
+        let this = Bound::from_borrowed_ptr(py, descr).downcast_into_unchecked::<SlotDescriptor>();
         let this = this.get();
         let ty = ffi::Py_TYPE(obj);
         if ty != this.owner.as_ptr() as *mut ffi::PyTypeObject
@@ -208,7 +207,10 @@ impl SlotDescriptor {
     /// `loop.<name> = value`: this loop uses `value` from now on.
     fn __set__(&self, obj: &Bound<'_, PyAny>, value: PyObject) -> PyResult<()> {
         let core = self.core(obj)?;
-        let old = core.get().slots.replace(obj.py(), self.index, Some(value), true);
+        let old = core
+            .get()
+            .slots
+            .replace(obj.py(), self.index, Some(value), true);
         drop(old);
         Ok(())
     }

@@ -172,10 +172,14 @@ pub struct SockOp {
 }
 
 impl SockOp {
+    /// `edge`: the last attempt was the syscall made here and it got EAGAIN, so the wait can be
+    /// edge-triggered (`io::add_edge`); `ready` then keeps that promise by ending every call
+    /// in EAGAIN or completion.
     fn start<'py>(
         lp: &Bound<'py, LoopCore>,
         sock: &Bound<'py, PyAny>,
         kind: Kind,
+        edge: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = lp.py();
         let fut = new_future(lp)?;
@@ -196,14 +200,13 @@ impl SockOp {
                 handle: GilCell::new(None),
             },
         )?;
-        let fd_obj = fd.into_pyobject(py)?;
-        let handle = io::add(
-            lp,
-            fd_obj.as_any(),
-            op.clone().into_any().unbind(),
-            &PyTuple::empty(py),
-            dir,
-        )?;
+        let callback = op.clone().into_any().unbind();
+        let handle = if edge {
+            io::add_edge(lp, fd, sock, callback, dir)?
+        } else {
+            let fd_obj = fd.into_pyobject(py)?;
+            io::add(lp, fd_obj.as_any(), callback, &PyTuple::empty(py), dir)?
+        };
         op.get().handle.with(py, |h| *h = Some(handle))?;
         fut.call_method1(intern!(py, "add_done_callback"), (op,))?;
         Ok(fut)
@@ -236,17 +239,25 @@ impl SockOp {
                 Kind::Recv { .. } => unreachable!("checked above"),
             })?;
             let view = view.into_bound(py);
-            let rest = view.get_item(pyo3::types::PySlice::new(py, pos as isize, isize::MAX, 1))?;
-            match try_send(sock, &rest) {
-                Ok(sent) if pos + sent == view.len()? => Ok(py.None().into_bound(py)),
-                Ok(sent) => {
-                    return this.kind.with(py, |k| {
-                        if let Kind::SendAll { pos: p, .. } = k {
-                            *p = pos + sent
-                        }
-                    })
+            let total = view.len()?;
+            let mut pos = pos;
+            // Send until done or EAGAIN (asyncio sends once per call and is called again while
+            // the fd stays writable; an edge-triggered wait is woken again only after EAGAIN).
+            loop {
+                let rest =
+                    view.get_item(pyo3::types::PySlice::new(py, pos as isize, isize::MAX, 1))?;
+                match try_send(sock, &rest) {
+                    Ok(sent) if pos + sent == total => break Ok(py.None().into_bound(py)),
+                    Ok(0) => {
+                        return this.kind.with(py, |k| {
+                            if let Kind::SendAll { pos: p, .. } = k {
+                                *p = pos
+                            }
+                        })
+                    }
+                    Ok(sent) => pos += sent,
+                    Err(e) => break Err(e),
                 }
-                Err(e) => Err(e),
             }
         };
         if let Err(e) = &outcome {
@@ -346,6 +357,7 @@ pub fn sock_recv<'py>(
             Kind::Recv {
                 n: n.clone().unbind(),
             },
+            native_fd(sock)?.is_some(),
         ),
     }
 }
@@ -375,6 +387,7 @@ pub fn sock_sendall<'py>(
             view: view.unbind(),
             pos: n,
         },
+        n == 0 && native_fd(sock)?.is_some(),
     )
     .map(Some)
 }

@@ -3,6 +3,7 @@
 //! asyncio's readers and writers are level-triggered: a reader callback runs on every iteration
 //! while its fd stays readable, even if it consumed only part of the data. epoll without
 //! `EPOLLET` gives exactly that, so no re-arming or user-space bookkeeping is needed.
+//! `Interest::edge` adds `EPOLLET`, for the loop's own `sock_*` waits (see `io_registry`).
 
 use std::io;
 use std::os::fd::RawFd;
@@ -25,6 +26,9 @@ fn to_epoll(interest: Interest) -> u32 {
     }
     if interest.writable {
         ev |= libc::EPOLLOUT as u32;
+    }
+    if interest.edge {
+        ev |= libc::EPOLLET as u32;
     }
     ev
 }
