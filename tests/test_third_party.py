@@ -1,0 +1,124 @@
+"""Real libraries on the loop, unchanged: an aiohttp server and client (HTTP requests, a large
+POST, a streamed response, concurrent requests, a websocket) and a `websockets` server and
+client. Each test runs on asyncio and on ferroloop and checks the same results."""
+
+import asyncio
+import hashlib
+import os
+
+import pytest
+
+aiohttp = pytest.importorskip('aiohttp')
+from aiohttp import web  # noqa: E402
+
+websockets = pytest.importorskip('websockets')
+from websockets.asyncio.client import connect as ws_connect  # noqa: E402
+from websockets.asyncio.server import serve as ws_serve  # noqa: E402
+
+BLOB = os.urandom(3 * 1024 * 1024 + 17)
+
+
+def run(flavor, main):
+    return flavor.run(asyncio.wait_for(main(), 30))
+
+
+def _app():
+    async def hello(request):
+        loop = asyncio.get_running_loop()
+        return web.Response(text=f'hello from {type(loop).__module__}')
+
+    async def digest(request):
+        body = await request.read()
+        return web.json_response({'size': len(body), 'sha256': hashlib.sha256(body).hexdigest()})
+
+    async def stream(request):
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        for i in range(100):
+            await resp.write(b'chunk %03d\n' % i)
+            if i % 10 == 0:
+                await asyncio.sleep(0.001)
+        await resp.write_eof()
+        return resp
+
+    async def ws(request):
+        sock = web.WebSocketResponse()
+        await sock.prepare(request)
+        async for msg in sock:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                await sock.send_str(msg.data.upper())
+            elif msg.type == aiohttp.WSMsgType.BINARY:
+                await sock.send_bytes(hashlib.sha256(msg.data).digest())
+        return sock
+
+    app = web.Application(client_max_size=16 * 1024 * 1024)
+    app.add_routes([web.get('/', hello), web.post('/digest', digest),
+                    web.get('/stream', stream), web.get('/ws', ws)])
+    return app
+
+
+def test_aiohttp_server_and_client(flavor):
+    async def main():
+        runner = web.AppRunner(_app())
+        await runner.setup()
+        site = web.TCPSite(runner, '127.0.0.1', 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        base = f'http://127.0.0.1:{port}'
+        try:
+            async with aiohttp.ClientSession() as s:
+                async with s.get(base + '/') as r:
+                    hello = (r.status, await r.text())
+                async with s.post(base + '/digest', data=BLOB) as r:
+                    digest = await r.json()
+                async with s.get(base + '/stream') as r:
+                    lines = [line async for line in r.content]
+
+                async def one(i):
+                    async with s.get(base + '/') as r:
+                        return r.status
+
+                statuses = await asyncio.gather(*(one(i) for i in range(50)))
+                async with s.ws_connect(base + '/ws') as sock:
+                    replies = []
+                    for word in ('ping', 'pong', 'ferroloop'):
+                        await sock.send_str(word)
+                        replies.append((await sock.receive()).data)
+                    await sock.send_bytes(BLOB)
+                    replies.append((await sock.receive()).data)
+            return hello, digest, lines, statuses, replies
+        finally:
+            await runner.cleanup()
+
+    hello, digest, lines, statuses, replies = run(flavor, main)
+    expected_module = 'ferroloop._loop' if flavor.name == 'ferroloop' else 'asyncio.unix_events'
+    assert hello == (200, f'hello from {expected_module}')
+    assert digest == {'size': len(BLOB), 'sha256': hashlib.sha256(BLOB).hexdigest()}
+    assert lines == [b'chunk %03d\n' % i for i in range(100)]
+    assert statuses == [200] * 50
+    assert replies == ['PING', 'PONG', 'FERROLOOP', hashlib.sha256(BLOB).digest()]
+
+
+def test_websockets_server_and_client(flavor):
+    async def echo(conn):
+        async for message in conn:
+            await conn.send(message)
+
+    async def main():
+        async with ws_serve(echo, '127.0.0.1', 0, max_size=None) as server:
+            port = server.sockets[0].getsockname()[1]
+            got = []
+            async with ws_connect(f'ws://127.0.0.1:{port}', max_size=None) as conn:
+                for i in range(200):
+                    await conn.send(f'message {i}')
+                    got.append(await conn.recv())
+                await conn.send(BLOB)
+                big = await conn.recv()
+                await conn.close(code=1000, reason='done')
+                close = (conn.close_code, conn.close_reason)
+            return got, big, close
+
+    got, big, close = run(flavor, main)
+    assert got == [f'message {i}' for i in range(200)]
+    assert big == BLOB
+    assert close == (1000, 'done')
