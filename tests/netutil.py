@@ -1,8 +1,13 @@
-"""Shared helpers of the network tests: fd accounting and exception-handler capture."""
+"""Shared helpers of the network tests: fd accounting, exception-handler capture, and a socket
+on a reused fd number."""
 
 import asyncio
+import contextlib
 import gc
 import os
+import socket
+
+import pytest
 
 
 def open_fds():
@@ -42,3 +47,25 @@ class Harness:
         if check_errors:
             assert self.errors == []
         assert open_fds() == self.fds_before, fd_details(self.fds_before)
+
+
+@contextlib.contextmanager
+def reused_fd_number(old_a, old_b, dup):
+    """Close `old_a` — keeping a dup of it open if `dup`, so the kernel keeps its epoll
+    registrations — and make a new socket pair whose first socket has `old_a`'s fd number
+    (skips the test if the kernel picks another). Yields `(new_a, new_b)`, non-blocking; closes
+    them, `old_b` and the dup afterwards."""
+    fd = old_a.fileno()
+    keep = os.dup(fd) if dup else None
+    old_a.close()
+    new_a, new_b = socket.socketpair()
+    try:
+        if new_a.fileno() != fd:
+            pytest.skip('the kernel did not reuse the fd number')
+        new_a.setblocking(False)
+        yield new_a, new_b
+    finally:
+        for s in (old_b, new_a, new_b):
+            s.close()
+        if keep is not None:
+            os.close(keep)

@@ -13,6 +13,7 @@ import socket
 import pytest
 
 from conftest import fmt_cb
+from netutil import reused_fd_number
 
 
 def fd_registered(loop, fd):
@@ -518,13 +519,7 @@ def test_reader_on_reused_fd_number(loop, dup):
     calls = []
     loop.add_reader(fd, calls.append, 'old')
     loop.remove_reader(fd)
-    keep = os.dup(fd) if dup else None
-    old_a.close()
-    new_a, new_b = socket.socketpair()
-    try:
-        if new_a.fileno() != fd:
-            pytest.skip('the kernel did not reuse the fd number')
-        new_a.setblocking(False)
+    with reused_fd_number(old_a, old_b, dup) as (new_a, new_b):
         got = []
 
         def on_new():
@@ -541,8 +536,3 @@ def test_reader_on_reused_fd_number(loop, dup):
         assert got == [b'to the new socket']
         assert calls == []
         loop.remove_reader(new_a)
-    finally:
-        for s in (old_b, new_a, new_b):
-            s.close()
-        if keep is not None:
-            os.close(keep)

@@ -3,13 +3,12 @@ plain non-blocking sockets and calls the socket's own methods otherwise). Each t
 and ferroloop and expects the same result or exception."""
 
 import asyncio
-import os
 import socket
 import ssl
 
 import pytest
 
-from netutil import Harness
+from netutil import Harness, reused_fd_number
 
 
 def run(loop, coro):
@@ -209,29 +208,17 @@ def test_recv_on_reused_fd_number(loop, dup):
     open — still reports the old socket's data, which must not be taken for the new one's)."""
     old_a, old_b = socket.socketpair()
     old_a.setblocking(False)
-    fd = old_a.fileno()
 
     async def wait_once(sock, peer, data):
         loop.call_later(0.01, peer.send, data)
         return await loop.sock_recv(sock, 100)
 
     assert run(loop, wait_once(old_a, old_b, b'old')) == b'old'
-    keep = os.dup(fd) if dup else None
-    old_a.close()
-    new_a, new_b = socket.socketpair()
-    try:
-        if new_a.fileno() != fd:
-            pytest.skip('the kernel did not reuse the fd number')
-        new_a.setblocking(False)
+    with reused_fd_number(old_a, old_b, dup) as (new_a, new_b):
         if dup:
             old_b.send(b'to the old socket')  # readable on the dup only
         assert run(loop, wait_once(new_a, new_b, b'new')) == b'new'
         assert run(loop, wait_once(new_a, new_b, b'again')) == b'again'
-    finally:
-        for s in (old_b, new_a, new_b):
-            s.close()
-        if keep is not None:
-            os.close(keep)
 
 
 def test_reader_after_sock_recv_is_level_triggered(loop, pair):
