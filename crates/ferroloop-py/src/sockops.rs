@@ -241,6 +241,13 @@ impl SockOp {
             let view = view.into_bound(py);
             let total = view.len()?;
             let mut pos = pos;
+            let save = |pos: usize| {
+                this.kind.with(py, |k| {
+                    if let Kind::SendAll { pos: p, .. } = k {
+                        *p = pos
+                    }
+                })
+            };
             // Send until done or EAGAIN (asyncio sends once per call and is called again while
             // the fd stays writable; an edge-triggered wait is woken again only after EAGAIN).
             loop {
@@ -248,15 +255,14 @@ impl SockOp {
                     view.get_item(pyo3::types::PySlice::new(py, pos as isize, isize::MAX, 1))?;
                 match try_send(sock, &rest) {
                     Ok(sent) if pos + sent == total => break Ok(py.None().into_bound(py)),
-                    Ok(0) => {
-                        return this.kind.with(py, |k| {
-                            if let Kind::SendAll { pos: p, .. } = k {
-                                *p = pos
-                            }
-                        })
-                    }
+                    Ok(0) => return save(pos),
                     Ok(sent) => pos += sent,
-                    Err(e) => break Err(e),
+                    // Saved first: after SystemExit or KeyboardInterrupt the op stays pending
+                    // and must resume after the bytes already sent.
+                    Err(e) => {
+                        save(pos)?;
+                        break Err(e);
+                    }
                 }
             }
         };
