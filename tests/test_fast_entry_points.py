@@ -206,13 +206,27 @@ def test_mock_patch_of_per_loop_methods_is_undone(loop):
     assert loop.time() != 123.0
 
 
+def test_per_loop_methods_through_the_class(loop):
+    # Class attribute access gives a method that takes the loop, as a function on the class
+    # does (ferroloop.Loop keeps these two in per-loop slots read by a data descriptor).
+    cls = type(loop)
+    seen = []
+    cls.call_soon(loop, seen.append, 1)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen == [1]
+    assert abs(cls.time(loop) - loop.time()) < 1.0
+    with pytest.raises((TypeError, AttributeError)):
+        cls.call_soon(object(), print)
+
+
 def test_per_loop_method_slots_on_the_class():
-    # On ferroloop.Loop the two are data descriptors: class access gives the descriptor, a
-    # non-loop object is refused, and a loop whose slots hold a cycle is still collected.
+    # On ferroloop.Loop the two are data descriptors: a non-loop object is refused, and a loop
+    # whose slots hold a cycle is still collected.
     cls = ferroloop.Loop
     for name in ('call_soon', 'time'):
         descr = cls.__dict__[name]
-        assert getattr(cls, name) is descr
+        assert getattr(cls, name) is getattr(ferroloop._ferroloop.LoopCore, name)
         assert name in repr(descr)
         with pytest.raises(TypeError):
             descr.__get__(object())

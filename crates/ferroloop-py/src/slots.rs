@@ -101,6 +101,9 @@ pub struct SlotDescriptor {
     owner: Py<PyType>,
     /// `LoopCore`'s type, for the subclass check of other instances.
     core: Py<PyType>,
+    /// `LoopCore.<name>`, what class attribute access gives (`Loop.call_soon(loop, cb)` works,
+    /// as `asyncio.BaseEventLoop.call_soon(loop, cb)` does).
+    unbound: PyObject,
 }
 
 impl SlotDescriptor {
@@ -116,13 +119,14 @@ impl SlotDescriptor {
         descr: *mut ffi::PyObject,
         obj: *mut ffi::PyObject,
     ) -> *mut ffi::PyObject {
-        if obj.is_null() || obj == ffi::Py_None() {
-            // Class attribute access (`Loop.call_soon`): the descriptor itself.
-            ffi::Py_INCREF(descr);
-            return descr;
-        }
         let this = Bound::from_borrowed_ptr(py, descr).downcast_into_unchecked::<SlotDescriptor>();
         let this = this.get();
+        if obj.is_null() || obj == ffi::Py_None() {
+            // Class attribute access (`Loop.call_soon`): LoopCore's method, as a function would.
+            let unbound = this.unbound.as_ptr();
+            ffi::Py_INCREF(unbound);
+            return unbound;
+        }
         let ty = ffi::Py_TYPE(obj);
         if ty != this.owner.as_ptr() as *mut ffi::PyTypeObject
             && ffi::PyType_IsSubtype(ty, this.core.as_ptr() as *mut ffi::PyTypeObject) == 0
@@ -277,6 +281,7 @@ pub(crate) fn descriptor(
         index,
         name: PyString::intern(py, name).unbind(),
         owner: owner.clone().unbind(),
+        unbound: core.getattr(name)?.unbind(),
         core: core.unbind(),
     };
     Py::new(py, descr).map(Some)
