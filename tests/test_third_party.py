@@ -1,6 +1,7 @@
 """Real libraries on the loop, unchanged: an aiohttp server and client (HTTP requests, a large
-POST, a streamed response, concurrent requests, a websocket) and a `websockets` server and
-client. Each test runs on asyncio and on ferroloop and checks the same results."""
+POST, a streamed response, concurrent requests, a websocket), a `websockets` server and client,
+and uvicorn serving an ASGI app. Each test runs on asyncio and on ferroloop and checks the same
+results."""
 
 import asyncio
 import hashlib
@@ -122,3 +123,69 @@ def test_websockets_server_and_client(flavor):
     assert got == [f'message {i}' for i in range(200)]
     assert big == BLOB
     assert close == (1000, 'done')
+
+
+def test_uvicorn_server(flavor):
+    """uvicorn serving an ASGI app (plain and streamed responses, a websocket) on the running
+    loop, queried with aiohttp's client."""
+    uvicorn = pytest.importorskip('uvicorn')
+
+    async def app(scope, receive, send):
+        if scope['type'] == 'lifespan':
+            while (await receive())['type'] != 'lifespan.shutdown':
+                await send({'type': 'lifespan.startup.complete'})
+            await send({'type': 'lifespan.shutdown.complete'})
+        elif scope['type'] == 'websocket':
+            await receive()  # websocket.connect
+            await send({'type': 'websocket.accept'})
+            while (msg := await receive())['type'] == 'websocket.receive':
+                await send({'type': 'websocket.send', 'text': msg['text'][::-1]})
+        elif scope['path'] == '/stream':
+            await send({'type': 'http.response.start', 'status': 200, 'headers': []})
+            for i in range(20):
+                await send({'type': 'http.response.body', 'body': b'%d,' % i, 'more_body': True})
+            await send({'type': 'http.response.body', 'body': b'end'})
+        else:
+            body = b''
+            while True:
+                msg = await receive()
+                body += msg.get('body', b'')
+                if not msg.get('more_body'):
+                    break
+            loop = asyncio.get_running_loop()
+            text = f'{type(loop).__module__} {len(body)}'.encode()
+            await send({'type': 'http.response.start', 'status': 200,
+                        'headers': [(b'content-type', b'text/plain')]})
+            await send({'type': 'http.response.body', 'body': text})
+
+    async def main():
+        import socket
+        sock = socket.socket()
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+        config = uvicorn.Config(app, log_level='warning', lifespan='on', ws='websockets-sansio')
+        server = uvicorn.Server(config)
+        serving = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            await asyncio.sleep(0.01)
+        base = f'http://127.0.0.1:{port}'
+        try:
+            async with aiohttp.ClientSession() as s:
+                async with s.post(base + '/', data=BLOB) as r:
+                    posted = await r.text()
+                async with s.get(base + '/stream') as r:
+                    streamed = await r.read()
+                async with s.ws_connect(base + '/ws') as ws:
+                    await ws.send_str('ferroloop')
+                    reply = (await ws.receive()).data
+            return posted, streamed, reply
+        finally:
+            server.should_exit = True
+            await serving
+            sock.close()
+
+    posted, streamed, reply = run(flavor, main)
+    expected_module = 'ferroloop._loop' if flavor.name == 'ferroloop' else 'asyncio.unix_events'
+    assert posted == f'{expected_module} {len(BLOB)}'
+    assert streamed == b''.join(b'%d,' % i for i in range(20)) + b'end'
+    assert reply == 'poolorref'
