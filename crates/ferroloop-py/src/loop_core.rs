@@ -337,13 +337,6 @@ impl LoopCore {
         Self::call_at_(slf, when, callback, args.clone().unbind(), context)
     }
 
-    /// `name` of this loop as a builtin method with a direct METH_FASTCALL entry point (see
-    /// `fastcall` below), or None if `name` has none. `Loop.__init__` stores these in the instance
-    /// dict.
-    fn _fast_method(slf: &Bound<'_, Self>, name: &str) -> PyResult<Option<PyObject>> {
-        fast_method(slf, name)
-    }
-
     /// `name`'s direct METH_FASTCALL entry point as a method descriptor of `cls` (a subclass of
     /// LoopCore), or None if `name` has none. `_loop.py` sets these on `Loop` itself, so that
     /// `loop.call_soon(...)` is a plain method lookup the interpreter can specialise.
@@ -625,9 +618,10 @@ pub(crate) fn fast_method(slf: &Bound<'_, LoopCore>, name: &str) -> PyResult<Opt
 ///
 /// PyO3's generated wrapper for `(callback, *args, context=None)` parses its arguments through a
 /// generic description, builds the `*args` tuple even when it is empty, and type-checks `self`
-/// (a lazy type-object lookup) on every call. These entry points are bound to one loop
-/// (`PyCFunction_NewEx` with `self`, stored in the loop's instance dict by `Loop.__init__`, only
-/// when the method is not overridden), so `self` is known to be a `LoopCore`; they take the
+/// (a lazy type-object lookup) on every call. These entry points are either bound to one loop
+/// (`bind`: `PyCFunction_NewEx` with `self`, kept in the loop's slot by `slots::bind_all`) or
+/// method descriptors of a LoopCore subclass (`descriptor`, which CPython type-checks `self`
+/// against), so `self` is known to be a `LoopCore`; they take the
 /// positional arguments straight from the vector and accept `context=` as the only keyword.
 /// Anything else (no callback, other keywords, `callback=` by keyword) goes to the PyO3 method
 /// itself, so errors and messages are unchanged. They still run inside PyO3's trampoline: panics
@@ -745,15 +739,8 @@ mod fastcall {
     }
 
     pub(super) fn bind(slf: &Bound<'_, LoopCore>, name: &str) -> PyResult<Option<PyObject>> {
-        let def = match name {
-            "call_soon" => &CALL_SOON,
-            "call_soon_threadsafe" => &CALL_SOON_THREADSAFE,
-            "call_later" => &CALL_LATER,
-            "call_at" => &CALL_AT,
-            "create_task" => &CREATE_TASK,
-            "create_future" => &CREATE_FUTURE,
-            "get_debug" => &GET_DEBUG,
-            _ => return Ok(None),
+        let Some(def) = def_of(name) else {
+            return Ok(None);
         };
         // SAFETY: GIL held; `def` is a 'static, valid method definition that CPython never
         // writes to (the `*mut` is the C API's signature only); `slf` is a live LoopCore, which
