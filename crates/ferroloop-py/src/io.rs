@@ -86,21 +86,10 @@ pub(crate) fn add(
     args: &Bound<'_, PyTuple>,
     dir: Direction,
 ) -> PyResult<Py<Handle>> {
-    let py = slf.py();
-    let this = slf.get();
-    this.check_closed()?;
+    slf.get().check_closed()?;
     let fd = fd_of(fileobj)?;
-    let handle = Handle::new_io(py, callback, args.clone().unbind(), slf)?;
-    let op = this.io.with(py, |r| r.op_for_set(fd, dir))?;
-    apply(this, fd, op).map_err(os_err)?;
-    let queued = handle.clone_ref(py);
     let key = fileobj.clone().unbind();
-    let (old, unused_key) = this.io.with(py, |r| r.set(fd, dir, queued, key))?;
-    drop(unused_key.map(|k| k.into_bound(py)));
-    if let Some(old) = old {
-        Handle::cancel_handle(old.bind(py))?;
-    }
-    Ok(handle)
+    install(slf, fd, dir, callback, args, key, None)
 }
 
 /// Register `callback()` for `dir` on `fd` as an edge-triggered wait owned by `owner` (the
@@ -122,22 +111,50 @@ pub(crate) fn add_edge(
     };
     let this = slf.get();
     this.check_closed()?;
-    let handle = Handle::new_io(py, callback, PyTuple::empty(py).unbind(), slf)?;
     let parked = this
         .io
         .with(py, |r| r.parked_owner(fd).map(|k| k.clone_ref(py)))?;
     // The kept registration is still the kernel's only if its owner is this same socket, alive
     // (an open socket keeps its fd, hence the registration).
     let same_owner = parked.is_some_and(|k| k.is(&weak));
-    let op = this
-        .io
-        .with(py, |r| r.op_for_set_edge(fd, dir, same_owner))?;
+    let key = weak.into_any().unbind();
+    install(
+        slf,
+        fd,
+        dir,
+        callback,
+        &PyTuple::empty(py),
+        key,
+        Some(same_owner),
+    )
+}
+
+/// The common part of `add` and `add_edge`: a new handle, the poller operation, then the
+/// registry entry (`edge`: `Some(same_owner)` for an edge-triggered wait); the replaced handle
+/// is cancelled.
+fn install(
+    slf: &Bound<'_, LoopCore>,
+    fd: RawFd,
+    dir: Direction,
+    callback: PyObject,
+    args: &Bound<'_, PyTuple>,
+    key: PyObject,
+    edge: Option<bool>,
+) -> PyResult<Py<Handle>> {
+    let py = slf.py();
+    let this = slf.get();
+    let handle = Handle::new_io(py, callback, args.clone().unbind(), slf)?;
+    let op = this.io.with(py, |r| match edge {
+        None => r.op_for_set(fd, dir),
+        Some(same_owner) => r.op_for_set_edge(fd, dir, same_owner),
+    })?;
     apply(this, fd, op).map_err(os_err)?;
     let queued = handle.clone_ref(py);
-    let (old, unused) = this.io.with(py, |r| {
-        r.set_edge(fd, dir, queued, weak.into_any().unbind())
+    let (old, unused_key) = this.io.with(py, |r| match edge {
+        None => r.set(fd, dir, queued, key),
+        Some(_) => r.set_edge(fd, dir, queued, key),
     })?;
-    drop(unused);
+    drop(unused_key.map(|k| k.into_bound(py)));
     if let Some(old) = old {
         Handle::cancel_handle(old.bind(py))?;
     }
