@@ -607,6 +607,18 @@ impl LoopCore {
     }
 }
 
+/// TypeError unless `cls` is LoopCore or a subclass: a descriptor made for it reads LoopCore's
+/// fields from the instances CPython lets through.
+pub(crate) fn ensure_subclass(cls: &Bound<'_, pyo3::types::PyType>, caller: &str) -> PyResult<()> {
+    if cls.is_subclass(&cls.py().get_type::<LoopCore>())? {
+        Ok(())
+    } else {
+        Err(PyTypeError::new_err(format!(
+            "{caller}: cls must be a subclass of LoopCore"
+        )))
+    }
+}
+
 /// `name` of this loop as a builtin bound to its METH_FASTCALL entry point, or None.
 pub(crate) fn fast_method(slf: &Bound<'_, LoopCore>, name: &str) -> PyResult<Option<PyObject>> {
     fastcall::bind(slf, name)
@@ -715,11 +727,7 @@ mod fastcall {
         name: &str,
     ) -> PyResult<Option<PyObject>> {
         let py = cls.py();
-        if !cls.is_subclass(&py.get_type::<LoopCore>())? {
-            return Err(pyo3::exceptions::PyTypeError::new_err(
-                "_fast_descriptor: cls must be a subclass of LoopCore",
-            ));
-        }
+        super::ensure_subclass(cls, "_fast_descriptor")?;
         let Some(def) = def_of(name) else {
             return Ok(None);
         };

@@ -268,12 +268,8 @@ pub(crate) fn descriptor(
     name: &str,
 ) -> PyResult<Option<Py<SlotDescriptor>>> {
     let py = owner.py();
+    crate::loop_core::ensure_subclass(owner, "_slot_descriptor")?;
     let core = LoopCore::type_object(py);
-    if !owner.is_subclass(&core)? {
-        return Err(PyTypeError::new_err(
-            "_slot_descriptor: cls must be a subclass of LoopCore",
-        ));
-    }
     let Some(index) = NAMES.iter().position(|n| n.to_str() == Ok(name)) else {
         return Ok(None);
     };
