@@ -88,15 +88,12 @@ impl Released {
     };
 
     fn release(&mut self) {
-        // SAFETY: called with the GIL held (from `Handle::recycle`); each non-null pointer is an
+        // SAFETY: called with the GIL held (`Handle::recycle`, `Handle`'s drop); each non-null pointer is an
         // owned reference, handed to exactly one decref and then forgotten (set to NULL).
         unsafe {
             let ctx = std::mem::replace(&mut self.context, std::ptr::null_mut());
             if !ctx.is_null() {
-                release_context(
-                    Some(PyObject::from_owned_ptr(Python::assume_gil_acquired(), ctx)),
-                    self.ctx_untracked,
-                );
+                release_context(ctx, self.ctx_untracked);
             }
             for o in &mut self.objects {
                 let p = std::mem::replace(o, std::ptr::null_mut());
@@ -108,22 +105,19 @@ impl Released {
     }
 }
 
-/// Release a handle's context.
+/// Release a handle's context (an owned reference).
 ///
 /// # Safety
-/// GIL held.
+/// GIL held; `ctx` is a live, owned reference, consumed here.
 #[inline]
-unsafe fn release_context(ctx: Option<PyObject>, untracked: bool) {
-    if let Some(ctx) = ctx {
-        let ctx = ctx.into_ptr();
-        if untracked && ffi::PyObject_GC_IsTracked(ctx) == 0 {
-            // Our own copy, untracked by `copy_context`: back under the collector before anyone
-            // else may be left holding it (and before CPython's context dealloc, which assumes
-            // a tracked object).
-            ffi::PyObject_GC_Track(ctx.cast());
-        }
-        ffi::Py_DECREF(ctx);
+unsafe fn release_context(ctx: *mut ffi::PyObject, untracked: bool) {
+    if untracked && ffi::PyObject_GC_IsTracked(ctx) == 0 {
+        // Our own copy, untracked by `copy_context`: back under the collector before anyone
+        // else may be left holding it (and before CPython's context dealloc, which assumes a
+        // tracked object).
+        ffi::PyObject_GC_Track(ctx.cast());
     }
+    ffi::Py_DECREF(ctx);
 }
 
 // No `freelist`: PyO3's free list takes a mutex on every allocation and release (it is built
@@ -151,24 +145,9 @@ impl Drop for Handle {
         // Dropping a `Py` asks PyO3 whether this thread holds the GIL (a thread-local lookup per
         // field); a Handle is only dropped by its tp_dealloc or by this crate's own code, always
         // with the GIL held, so `release` decrefs directly.
-        let d = self.data.get_mut();
-        // SAFETY: the GIL is held (see above); each reference is taken out of its field, so it
-        // is released exactly once.
-        unsafe {
-            release_context(d.context.take(), d.ctx_untracked);
-            for o in [d.callback.take(), d.repr.take(), d.source_traceback.take()]
-                .into_iter()
-                .flatten()
-            {
-                ffi::Py_DECREF(o.into_ptr());
-            }
-            if let Some(a) = d.args.take() {
-                ffi::Py_DECREF(a.into_ptr());
-            }
-            if let Some(l) = d.loop_.take() {
-                ffi::Py_DECREF(l.into_ptr());
-            }
-        }
+        let mut released = Released::EMPTY;
+        self.data.get_mut().take_into(&mut released);
+        released.release();
     }
 }
 
