@@ -24,6 +24,7 @@ use pyo3::ffi;
 use pyo3::impl_::pyclass_init::PyObjectInit;
 use pyo3::prelude::*;
 use pyo3::pyclass::{CompareOp, PyClass};
+use pyo3::{PyTraverseError, PyVisit};
 use pyo3::type_object::PyTypeInfo;
 use pyo3::types::{PyFloat, PyTuple};
 
@@ -575,6 +576,33 @@ impl Handle {
             .data
             .with(py, |d| d.context.as_ref().map(|c| c.clone_ref(py)))?
             .unwrap_or_else(|| py.None()))
+    }
+}
+
+impl Handle {
+    /// For the traversal of a container that holds `h` (the loop's queues and registry): a
+    /// handle referenced by nothing but that container is part of it, so its references are
+    /// reported as the container's own. Handles are not tracked by the collector (see the module
+    /// docs), so without this a cycle `loop -> queued handle -> loop` (or through its callback)
+    /// would be invisible and an unclosed loop with pending callbacks never collected. A handle
+    /// also referenced elsewhere is visited as an object (a no-op for an untracked one): its
+    /// other holder keeps it, and what it references, alive.
+    pub(crate) fn traverse_owned(h: &Py<Handle>, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // SAFETY: `h` is a live reference held by the caller; reading the refcount of a live
+        // object is always valid, and traversal runs with the GIL held, so it cannot change
+        // under us.
+        if unsafe { ffi::Py_REFCNT(h.as_ptr()) } != 1 {
+            return visit.call(h);
+        }
+        let Some(d) = h.get().data.peek() else {
+            return Ok(());
+        };
+        visit.call(&d.callback)?;
+        visit.call(&d.args)?;
+        visit.call(&d.repr)?;
+        visit.call(&d.context)?;
+        visit.call(&d.loop_)?;
+        visit.call(&d.source_traceback)
     }
 }
 

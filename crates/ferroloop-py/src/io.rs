@@ -12,7 +12,7 @@ use std::os::fd::RawFd;
 
 use ferroloop_core::io_registry::{Direction, PollerOp, Removed};
 use ferroloop_core::poller::Event;
-use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyOverflowError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyInt, PyTuple, PyWeakrefReference};
 
@@ -24,7 +24,8 @@ fn os_err(e: std::io::Error) -> PyErr {
     PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string()))
 }
 
-/// `selectors._fileobj_to_fd`: an int, or an object with `fileno()`; same errors.
+/// `selectors._fileobj_to_fd`: an int, or an object with `fileno()`; same errors. A number
+/// that passes it but does not fit a C int raises the OverflowError `select.epoll` raises for it.
 pub(crate) fn fd_of(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
     if obj.is_exact_instance_of::<PyInt>() {
         if let Ok(fd) = obj.extract::<RawFd>() {
@@ -33,10 +34,15 @@ pub(crate) fn fd_of(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
             }
         }
     }
-    helpers::get(obj.py())?
-        .fileobj_to_fd
-        .call1(obj.py(), (obj,))?
-        .extract(obj.py())
+    let py = obj.py();
+    let fd = helpers::get(py)?.fileobj_to_fd.call1(py, (obj,))?;
+    fd.extract(py).map_err(|e| {
+        if e.is_instance_of::<PyOverflowError>(py) {
+            PyOverflowError::new_err("Python int too large to convert to C int")
+        } else {
+            e
+        }
+    })
 }
 
 /// selectors' `_fileobj_lookup`: `fd_of`, or — for an object without a valid fd any more — the
@@ -170,7 +176,11 @@ pub(crate) fn remove(
     if slf.get().is_closed_() {
         return Ok(false);
     }
-    let fd = lookup(slf, fileobj)?;
+    let fd = match lookup(slf, fileobj) {
+        // Too large for a C int: never registered (asyncio's selector finds no key for it).
+        Err(e) if e.is_instance_of::<PyOverflowError>(slf.py()) => return Ok(false),
+        fd => fd?,
+    };
     remove_fd(slf, fd, dir)
 }
 

@@ -573,19 +573,20 @@ impl LoopCore {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // Handles owned by the loop alone are traversed as part of it (`traverse_owned`).
         if let Some(r) = self.ready.peek() {
             for h in r.iter() {
-                visit.call(h)?;
+                Handle::traverse_owned(h, &visit)?;
             }
         }
         if let Some(t) = self.timers.peek() {
             for h in t.iter() {
-                visit.call(h)?;
+                Handle::traverse_owned(h, &visit)?;
             }
         }
         if let Some(r) = self.io.peek() {
             for h in r.iter() {
-                visit.call(h)?;
+                Handle::traverse_owned(h, &visit)?;
             }
         }
         if let Some(f) = self.task_factory.peek() {
