@@ -6,6 +6,7 @@ Each body runs on asyncio (the reference) and on ferroloop.
 import asyncio
 import gc
 import math
+import sys
 import warnings
 import weakref
 
@@ -14,6 +15,22 @@ import pytest
 from conftest import run_script
 
 NAN = float('nan')
+
+# 3.13's asyncio rounds the poll timeout with math.ceil(), so a loop about to block with a NaN
+# deadline on top of its timer heap raises ValueError out of run_forever (a NaN timer found due at
+# the end of a busy iteration still runs); 3.11 and 3.12 run it at once, as ferroloop does on every
+# version (README's compatibility table). 3.13's asyncio.sleep() rejects NaN itself.
+NAN_BREAKS_ASYNCIO_LOOP = sys.version_info >= (3, 13)
+SLEEP_REJECTS_NAN = sys.version_info >= (3, 13)
+
+
+def run_nan(flavor, loop, aw):
+    """run_until_complete(aw) where a NaN-deadline timer is scheduled."""
+    if flavor.name == 'asyncio' and NAN_BREAKS_ASYNCIO_LOOP:
+        with pytest.raises(ValueError, match='cannot convert float NaN to integer'):
+            loop.run_until_complete(aw)
+        return None
+    return loop.run_until_complete(aw)
 
 
 # -- unclosed loops ------------------------------------------------------------------------------
@@ -67,13 +84,13 @@ def test_unclosed_loops_release_their_fds(flavor):
 
 
 def test_unclosed_loops_under_low_fd_limit(flavor):
-    # With a 256-descriptor limit, 3000 forgotten loops with pending timers never hit EMFILE:
+    # With a 1024-descriptor limit, 3000 forgotten loops with pending timers never hit EMFILE:
     # the collector finds them as it runs by itself (no explicit gc.collect()).
     res = run_script(flavor.name, """
         import resource, warnings
         warnings.simplefilter('ignore', ResourceWarning)
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
         for i in range(3000):
             loop = FACTORY()
             loop.call_later(3600, print)
@@ -87,11 +104,10 @@ def test_unclosed_loops_under_low_fd_limit(flavor):
 
 # -- NaN delays ------------------------------------------------------------------------------------
 
-def test_call_later_nan_runs_at_once(loop):
+def test_call_later_nan_runs_at_once(flavor, loop):
     calls = []
     h = loop.call_later(NAN, calls.append, 'nan')
     assert math.isnan(h.when())
-    loop.call_later(5, loop.stop)       # a safety net: NaN must not wait for it
     loop.call_soon(calls.append, 'soon')
     t0 = loop.time()
     loop.run_until_complete(asyncio.sleep(0.01))
@@ -99,7 +115,7 @@ def test_call_later_nan_runs_at_once(loop):
     assert loop.time() - t0 < 2
 
 
-def test_call_at_nan_runs_at_once(loop):
+def test_call_at_nan_runs_at_once(flavor, loop):
     calls = []
     h = loop.call_at(NAN, calls.append, 'nan')
     assert math.isnan(h.when())
@@ -115,24 +131,31 @@ def test_nan_timer_cancelled_does_not_run(loop):
     assert calls == []
 
 
-def test_sleep_nan_returns(loop):
+def test_sleep_nan_returns(flavor, loop):
     # No other timer pending: asyncio's heap has the NaN timer on top, and it runs at once.
     # (With other timers pending, where asyncio's heapq puts a NaN entry decides when it runs.)
-    assert loop.run_until_complete(asyncio.sleep(NAN, 'woke')) == 'woke'
+    if SLEEP_REJECTS_NAN:
+        with pytest.raises(ValueError, match='Invalid delay: NaN'):
+            loop.run_until_complete(asyncio.sleep(NAN, 'woke'))
+    else:
+        assert loop.run_until_complete(asyncio.sleep(NAN, 'woke')) == 'woke'
 
 
-def test_wait_for_nan_times_out(loop):
+def test_wait_for_nan_times_out(flavor, loop):
     async def main():
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.sleep(10), NAN)
         return 'done'
 
     t0 = loop.time()
+    if flavor.name == 'asyncio' and NAN_BREAKS_ASYNCIO_LOOP:
+        run_nan(flavor, loop, main())
+        return
     assert loop.run_until_complete(main()) == 'done'
     assert loop.time() - t0 < 5
 
 
-def test_timeout_nan_expires(loop):
+def test_timeout_nan_expires(flavor, loop):
     async def main():
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(NAN):
@@ -140,16 +163,18 @@ def test_timeout_nan_expires(loop):
         return 'done'
 
     t0 = loop.time()
+    if flavor.name == 'asyncio' and NAN_BREAKS_ASYNCIO_LOOP:
+        run_nan(flavor, loop, main())
+        return
     assert loop.run_until_complete(main()) == 'done'
     assert loop.time() - t0 < 5
 
 
-def test_nan_timer_does_not_hide_later_timers(loop):
+def test_nan_timer_does_not_hide_later_timers(flavor, loop):
     calls = []
     loop.call_later(NAN, calls.append, 'nan')
     loop.call_later(0.02, calls.append, 'later')
-    loop.call_later(0.05, loop.stop)
-    loop.run_forever()
+    loop.run_until_complete(asyncio.sleep(0.05))
     assert sorted(calls) == ['later', 'nan']
 
 
