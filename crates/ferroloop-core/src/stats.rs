@@ -202,7 +202,10 @@ mod tests {
         for (q, truth) in [(0.5, 500e-6), (0.9, 900e-6), (0.99, 990e-6)] {
             let v = h.quantile(q);
             assert!(v >= truth, "q{q}: {v} < {truth}");
-            assert!(v <= truth * 2f64.powf(1.0 / SUB as f64) + 1e-12, "q{q}: {v} too high");
+            assert!(
+                v <= truth * 2f64.powf(1.0 / SUB as f64) + 1e-12,
+                "q{q}: {v} too high"
+            );
         }
         assert_eq!(h.quantile(1.0), 1e-3);
         assert!((h.sum() - 0.5005).abs() < 1e-9);
@@ -224,7 +227,14 @@ mod tests {
     fn slowest_keeps_the_longest_in_order() {
         let mut s = Slowest::new(3);
         let mut dropped = Vec::new();
-        for (d, name) in [(1.0, "a"), (5.0, "b"), (3.0, "c"), (4.0, "d"), (0.5, "e"), (6.0, "f")] {
+        for (d, name) in [
+            (1.0, "a"),
+            (5.0, "b"),
+            (3.0, "c"),
+            (4.0, "d"),
+            (0.5, "e"),
+            (6.0, "f"),
+        ] {
             if let Some(x) = s.offer(d, name) {
                 dropped.push(x);
             }
