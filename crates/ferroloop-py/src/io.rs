@@ -82,7 +82,7 @@ fn apply(loop_: &LoopCore, fd: RawFd, op: PollerOp) -> std::io::Result<()> {
 pub(crate) fn add(
     slf: &Bound<'_, LoopCore>,
     fileobj: &Bound<'_, PyAny>,
-    callback: PyObject,
+    callback: Py<PyAny>,
     args: &Bound<'_, PyTuple>,
     dir: Direction,
 ) -> PyResult<Py<Handle>> {
@@ -100,7 +100,7 @@ pub(crate) fn add_edge(
     slf: &Bound<'_, LoopCore>,
     fd: RawFd,
     owner: &Bound<'_, PyAny>,
-    callback: PyObject,
+    callback: Py<PyAny>,
     dir: Direction,
 ) -> PyResult<Py<Handle>> {
     let py = slf.py();
@@ -136,9 +136,9 @@ fn install(
     slf: &Bound<'_, LoopCore>,
     fd: RawFd,
     dir: Direction,
-    callback: PyObject,
+    callback: Py<PyAny>,
     args: &Bound<'_, PyTuple>,
-    key: PyObject,
+    key: Py<PyAny>,
     edge: Option<bool>,
 ) -> PyResult<Py<Handle>> {
     let py = slf.py();

@@ -139,7 +139,7 @@ fn poll(slf: &Bound<'_, LoopCore>, mut wait: Wait) -> PyResult<()> {
     // Room for every registered fd plus the waker and the signal pipe.
     let max_events = this.io.with(py, |r| r.len())? + 2;
     let selector = &this.selector;
-    let result = py.allow_threads(|| selector.select(&mut events, timeout, max_events));
+    let result = py.detach(|| selector.select(&mut events, timeout, max_events));
     let mut woken = false;
     let mut signalled = false;
     let mut io_events = 0;

@@ -32,7 +32,7 @@ mod sockio;
 mod sockops;
 mod transport;
 
-#[pymodule]
+#[pymodule(gil_used = true)]
 fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add(

@@ -30,7 +30,7 @@ use crate::iteration;
 use crate::slots::{self, Slots};
 
 /// `(fileobj, events, reader, writer)` of one fd, as `selectors.SelectorKey` has them.
-type IoKey = (PyObject, u8, Option<Py<Handle>>, Option<Py<Handle>>);
+type IoKey = (Py<PyAny>, u8, Option<Py<Handle>>, Option<Py<Handle>>);
 
 /// Poller token of the waker's eventfd.
 pub(crate) const WAKER_TOKEN: u64 = u64::MAX;
@@ -48,14 +48,14 @@ pub struct LoopCore {
     /// loop that is not going to block runs Python code, and Python runs signal handlers itself.
     pub(crate) signal_wakeup: std::sync::OnceLock<SignalWakeup>,
     /// Readers and writers by fd (see `io.rs`).
-    pub(crate) io: GilCell<IoRegistry<Py<Handle>, PyObject>>,
+    pub(crate) io: GilCell<IoRegistry<Py<Handle>, Py<PyAny>>>,
     closed: AtomicBool,
     pub(crate) stopping: AtomicBool,
     debug: AtomicBool,
     slow_callback_duration: AtomicU64, // f64 bits
     /// asyncio's `_task_factory` attribute (None: `None`), a property so that `create_task` reads
     /// it without an attribute lookup on the loop.
-    task_factory: GilCell<Option<PyObject>>,
+    task_factory: GilCell<Option<Py<PyAny>>>,
     /// `call_soon` and `time`, bound once per loop, read by `SlotDescriptor` (see `slots.rs`).
     pub(crate) slots: Slots,
 }
@@ -98,7 +98,7 @@ impl LoopCore {
 
     fn debug_checks(
         slf: &Bound<'_, Self>,
-        callback: &PyObject,
+        callback: &Py<PyAny>,
         method: &str,
         check_thread: bool,
     ) -> PyResult<()> {
@@ -113,9 +113,9 @@ impl LoopCore {
     /// call_soon, in debug mode), then queue a new handle.
     fn schedule_soon(
         slf: &Bound<'_, Self>,
-        callback: PyObject,
+        callback: Py<PyAny>,
         args: Py<PyTuple>,
-        context: Option<PyObject>,
+        context: Option<Py<PyAny>>,
         method: &str,
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
@@ -136,9 +136,9 @@ impl LoopCore {
     fn schedule_at(
         slf: &Bound<'_, Self>,
         when: f64,
-        callback: PyObject,
+        callback: Py<PyAny>,
         args: Py<PyTuple>,
-        context: Option<PyObject>,
+        context: Option<Py<PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
         let py = slf.py();
         let this = slf.get();
@@ -154,9 +154,9 @@ impl LoopCore {
 
     fn call_soon_threadsafe_(
         slf: &Bound<'_, Self>,
-        callback: PyObject,
+        callback: Py<PyAny>,
         args: Py<PyTuple>,
-        context: Option<PyObject>,
+        context: Option<Py<PyAny>>,
     ) -> PyResult<Py<Handle>> {
         let handle = Self::schedule_soon(slf, callback, args, context, "call_soon_threadsafe")?;
         slf.get().waker.wake();
@@ -197,9 +197,9 @@ impl LoopCore {
     fn call_later_(
         slf: &Bound<'_, Self>,
         delay: &Bound<'_, PyAny>,
-        callback: PyObject,
+        callback: Py<PyAny>,
         args: Py<PyTuple>,
-        context: Option<PyObject>,
+        context: Option<Py<PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
         if delay.is_none() {
             return Err(PyTypeError::new_err("delay must not be None"));
@@ -211,9 +211,9 @@ impl LoopCore {
     fn call_at_(
         slf: &Bound<'_, Self>,
         when: &Bound<'_, PyAny>,
-        callback: PyObject,
+        callback: Py<PyAny>,
         args: Py<PyTuple>,
-        context: Option<PyObject>,
+        context: Option<Py<PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
         if when.is_none() {
             return Err(PyTypeError::new_err("when cannot be None"));
@@ -297,9 +297,9 @@ impl LoopCore {
     #[pyo3(signature = (callback, *args, context=None))]
     fn call_soon(
         slf: &Bound<'_, Self>,
-        callback: PyObject,
+        callback: Py<PyAny>,
         args: &Bound<'_, PyTuple>,
-        context: Option<PyObject>,
+        context: Option<Py<PyAny>>,
     ) -> PyResult<Py<Handle>> {
         Self::schedule_soon(slf, callback, args.clone().unbind(), context, "call_soon")
     }
@@ -308,9 +308,9 @@ impl LoopCore {
     #[pyo3(signature = (callback, *args, context=None))]
     fn call_soon_threadsafe(
         slf: &Bound<'_, Self>,
-        callback: PyObject,
+        callback: Py<PyAny>,
         args: &Bound<'_, PyTuple>,
-        context: Option<PyObject>,
+        context: Option<Py<PyAny>>,
     ) -> PyResult<Py<Handle>> {
         Self::call_soon_threadsafe_(slf, callback, args.clone().unbind(), context)
     }
@@ -319,9 +319,9 @@ impl LoopCore {
     fn call_later(
         slf: &Bound<'_, Self>,
         delay: &Bound<'_, PyAny>,
-        callback: PyObject,
+        callback: Py<PyAny>,
         args: &Bound<'_, PyTuple>,
-        context: Option<PyObject>,
+        context: Option<Py<PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
         Self::call_later_(slf, delay, callback, args.clone().unbind(), context)
     }
@@ -330,9 +330,9 @@ impl LoopCore {
     fn call_at(
         slf: &Bound<'_, Self>,
         when: &Bound<'_, PyAny>,
-        callback: PyObject,
+        callback: Py<PyAny>,
         args: &Bound<'_, PyTuple>,
-        context: Option<PyObject>,
+        context: Option<Py<PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
         Self::call_at_(slf, when, callback, args.clone().unbind(), context)
     }
@@ -344,7 +344,7 @@ impl LoopCore {
     fn _fast_descriptor(
         cls: &Bound<'_, pyo3::types::PyType>,
         name: &str,
-    ) -> PyResult<Option<PyObject>> {
+    ) -> PyResult<Option<Py<PyAny>>> {
         fastcall::descriptor(cls, name)
     }
 
@@ -413,7 +413,7 @@ impl LoopCore {
     fn _add_reader(
         slf: &Bound<'_, Self>,
         fd: &Bound<'_, PyAny>,
-        callback: PyObject,
+        callback: Py<PyAny>,
         args: &Bound<'_, PyTuple>,
     ) -> PyResult<Py<Handle>> {
         io::add(slf, fd, callback, args, Direction::Read)
@@ -423,7 +423,7 @@ impl LoopCore {
     fn _add_writer(
         slf: &Bound<'_, Self>,
         fd: &Bound<'_, PyAny>,
-        callback: PyObject,
+        callback: Py<PyAny>,
         args: &Bound<'_, PyTuple>,
     ) -> PyResult<Py<Handle>> {
         io::add(slf, fd, callback, args, Direction::Write)
@@ -534,14 +534,14 @@ impl LoopCore {
     }
 
     #[getter(_task_factory)]
-    fn get_task_factory_attr(&self, py: Python<'_>) -> PyResult<PyObject> {
+    fn get_task_factory_attr(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         Ok(self
             .task_factory
             .with(py, |f| f.as_ref().map(|f| f.clone_ref(py)))?
             .unwrap_or_else(|| py.None()))
     }
     #[setter(_task_factory)]
-    fn set_task_factory_attr(&self, py: Python<'_>, value: PyObject) -> PyResult<()> {
+    fn set_task_factory_attr(&self, py: Python<'_>, value: Py<PyAny>) -> PyResult<()> {
         let value = if value.is_none(py) { None } else { Some(value) };
         // The old factory is released outside the borrow (its destructor may run Python code).
         let old = self
@@ -598,7 +598,7 @@ impl LoopCore {
     }
 
     fn __clear__(&self) {
-        Python::with_gil(|py| {
+        Python::attach(|py| {
             let _ = self._close_core(py);
             let factory = self.task_factory.with(py, Option::take);
             drop(factory);
@@ -620,7 +620,7 @@ pub(crate) fn ensure_subclass(cls: &Bound<'_, pyo3::types::PyType>, caller: &str
 }
 
 /// `name` of this loop as a builtin bound to its METH_FASTCALL entry point, or None.
-pub(crate) fn fast_method(slf: &Bound<'_, LoopCore>, name: &str) -> PyResult<Option<PyObject>> {
+pub(crate) fn fast_method(slf: &Bound<'_, LoopCore>, name: &str) -> PyResult<Option<Py<PyAny>>> {
     fastcall::bind(slf, name)
 }
 
@@ -645,7 +645,7 @@ mod fastcall {
     use pyo3::ffi;
     use pyo3::intern;
     use pyo3::prelude::*;
-    use pyo3::sync::GILOnceCell;
+    use pyo3::sync::PyOnceLock;
     use pyo3::types::PyTuple;
 
     use super::LoopCore;
@@ -725,7 +725,7 @@ mod fastcall {
     pub(super) fn descriptor(
         cls: &Bound<'_, pyo3::types::PyType>,
         name: &str,
-    ) -> PyResult<Option<PyObject>> {
+    ) -> PyResult<Option<Py<PyAny>>> {
         let py = cls.py();
         super::ensure_subclass(cls, "_fast_descriptor")?;
         let Some(def) = def_of(name) else {
@@ -746,7 +746,7 @@ mod fastcall {
         }
     }
 
-    pub(super) fn bind(slf: &Bound<'_, LoopCore>, name: &str) -> PyResult<Option<PyObject>> {
+    pub(super) fn bind(slf: &Bound<'_, LoopCore>, name: &str) -> PyResult<Option<Py<PyAny>>> {
         let Some(def) = def_of(name) else {
             return Ok(None);
         };
@@ -767,7 +767,7 @@ mod fastcall {
     /// The `"context"` keyword name of asyncio's C Task and Future (a string object of their own,
     /// not the interned one), kept here — a strong reference, so the pointer stays that string's —
     /// after the first full comparison found it.
-    static C_CONTEXT_NAME: GILOnceCell<Py<PyAny>> = GILOnceCell::new();
+    static C_CONTEXT_NAME: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
     /// Whether `name` (a keyword name) is `"context"`, for names other than the interned string.
     ///
@@ -793,7 +793,7 @@ mod fastcall {
     struct Args<'a, 'py> {
         fixed: &'a [*mut ffi::PyObject],
         rest: Bound<'py, PyTuple>,
-        context: Option<PyObject>,
+        context: Option<Py<PyAny>>,
     }
 
     /// Split the vector, or None when the call needs the full argument parser.
@@ -847,7 +847,7 @@ mod fastcall {
                 ffi::Py_INCREF(a);
                 ffi::PyTuple_SET_ITEM(t, i as ffi::Py_ssize_t, a);
             }
-            Bound::from_owned_ptr(py, t).downcast_into_unchecked()
+            Bound::from_owned_ptr(py, t).cast_into_unchecked()
         };
         Ok(Some(Args {
             fixed,
@@ -939,10 +939,13 @@ mod fastcall {
                 nargs: ffi::Py_ssize_t,
                 kwnames: *mut ffi::PyObject,
             ) -> *mut ffi::PyObject {
-                // SAFETY: the trampoline catches panics and restores a returned error as the
-                // Python exception; `imp` gets the arguments CPython passed, unchanged.
+                // SAFETY: called by CPython with the GIL held; the trampoline catches panics
+                // and restores a returned error as the Python exception; `imp` gets the
+                // arguments CPython passed, unchanged.
                 unsafe {
-                    pyo3::impl_::trampoline::fastcall_with_keywords(slf, args, nargs, kwnames, imp)
+                    pyo3::get_trampoline_function!(fastcall_cfunction_with_keywords, imp)(
+                        slf, args, nargs, kwnames,
+                    )
                 }
             }
 
@@ -967,7 +970,7 @@ mod fastcall {
             let Some((coro, name, context)) = split_create_task(py, args, nargs, kwnames) else {
                 return full(py, slf, intern!(py, "create_task"), args, nargs, kwnames);
             };
-            let slf = Bound::from_borrowed_ptr(py, slf).downcast_into_unchecked::<LoopCore>();
+            let slf = Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<LoopCore>();
             LoopCore::create_task_(&slf, &coro, name.as_ref(), context.as_ref())
                 .map(Bound::into_ptr)
         });
@@ -978,7 +981,7 @@ mod fastcall {
             if !no_args(nargs, kwnames) {
                 return full(py, slf, intern!(py, "create_future"), args, nargs, kwnames);
             }
-            let slf = Bound::from_borrowed_ptr(py, slf).downcast_into_unchecked::<LoopCore>();
+            let slf = Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<LoopCore>();
             LoopCore::create_future(&slf).map(Bound::into_ptr)
         });
     }
@@ -988,7 +991,7 @@ mod fastcall {
             if !no_args(nargs, kwnames) {
                 return full(py, slf, intern!(py, "get_debug"), args, nargs, kwnames);
             }
-            let slf = Bound::from_borrowed_ptr(py, slf).downcast_into_unchecked::<LoopCore>();
+            let slf = Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<LoopCore>();
             let flag = if slf.get().debug() {
                 ffi::Py_True()
             } else {
@@ -1015,7 +1018,7 @@ mod fastcall {
                         kwnames,
                     );
                 };
-                let $slf = Bound::from_borrowed_ptr(py, slf).downcast_into_unchecked::<LoopCore>();
+                let $slf = Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<LoopCore>();
                 let $slf = &$slf;
                 $body.map(|h| h.into_ptr())
             });

@@ -28,7 +28,7 @@ pub(crate) const NAMES: [&CStr; 2] = [c"call_soon", c"time"];
 /// One slot: the attribute's value, and whether it was assigned (rather than bound by
 /// `Loop.__init__`).
 struct Slot {
-    value: Option<PyObject>,
+    value: Option<Py<PyAny>>,
     assigned: bool,
 }
 
@@ -68,7 +68,7 @@ impl Slots {
 
     /// Store `value` in slot `i`; returns the old value, for the caller to drop (its destructor
     /// may run Python code, which could touch the slots again).
-    fn replace(&self, _py: Python<'_>, i: usize, value: Option<PyObject>, assigned: bool) -> Slot {
+    fn replace(&self, _py: Python<'_>, i: usize, value: Option<Py<PyAny>>, assigned: bool) -> Slot {
         // SAFETY: GIL held (`_py`); the mutable access ends within this statement.
         unsafe { std::mem::replace(&mut *self.0[i].get(), Slot { value, assigned }) }
     }
@@ -103,7 +103,7 @@ pub struct SlotDescriptor {
     core: Py<PyType>,
     /// `LoopCore.<name>`, what class attribute access gives (`Loop.call_soon(loop, cb)` works,
     /// as `asyncio.BaseEventLoop.call_soon(loop, cb)` does).
-    unbound: PyObject,
+    unbound: Py<PyAny>,
 }
 
 impl SlotDescriptor {
@@ -119,7 +119,7 @@ impl SlotDescriptor {
         descr: *mut ffi::PyObject,
         obj: *mut ffi::PyObject,
     ) -> *mut ffi::PyObject {
-        let this = Bound::from_borrowed_ptr(py, descr).downcast_into_unchecked::<SlotDescriptor>();
+        let this = Bound::from_borrowed_ptr(py, descr).cast_into_unchecked::<SlotDescriptor>();
         let this = this.get();
         if obj.is_null() || obj == ffi::Py_None() {
             // Class attribute access (`Loop.call_soon`): LoopCore's method, as a function would.
@@ -137,7 +137,7 @@ impl SlotDescriptor {
             );
             return std::ptr::null_mut();
         }
-        let core = Bound::from_borrowed_ptr(py, obj).downcast_into_unchecked::<LoopCore>();
+        let core = Bound::from_borrowed_ptr(py, obj).cast_into_unchecked::<LoopCore>();
         let value = core.get().slots.peek(this.index);
         if value.is_null() {
             ffi::PyErr_Format(
@@ -153,7 +153,7 @@ impl SlotDescriptor {
     }
 
     fn core<'py>(&self, obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, LoopCore>> {
-        obj.downcast::<LoopCore>()
+        obj.cast::<LoopCore>()
             .cloned()
             .map_err(|_| PyTypeError::new_err("ferroloop slot descriptor: not a ferroloop loop"))
     }
@@ -174,7 +174,7 @@ unsafe extern "C" fn raw_get(
 ) -> *mut ffi::PyObject {
     let run = || {
         // SAFETY: CPython calls tp_descr_get with the GIL held and live arguments.
-        unsafe { SlotDescriptor::read(Python::assume_gil_acquired(), descr, obj) }
+        unsafe { SlotDescriptor::read(Python::assume_attached(), descr, obj) }
     };
     // `read` only reads pointers and calls the C API; nothing in it is expected to panic, but a
     // panic must never unwind into CPython.
@@ -199,7 +199,7 @@ impl SlotDescriptor {
         slf: &Bound<'_, Self>,
         obj: Option<&Bound<'_, PyAny>>,
         _ty: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<PyObject> {
+    ) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let obj = obj.map_or(std::ptr::null_mut(), Bound::as_ptr);
         // SAFETY: GIL held; `slf` and `obj` are live for the call; `read` returns a new
@@ -209,7 +209,7 @@ impl SlotDescriptor {
     }
 
     /// `loop.<name> = value`: this loop uses `value` from now on.
-    fn __set__(&self, obj: &Bound<'_, PyAny>, value: PyObject) -> PyResult<()> {
+    fn __set__(&self, obj: &Bound<'_, PyAny>, value: Py<PyAny>) -> PyResult<()> {
         let core = self.core(obj)?;
         let old = core
             .get()
@@ -242,7 +242,7 @@ impl SlotDescriptor {
 
 /// The loop's own method for slot `i`: `call_soon`'s METH_FASTCALL entry point, or the PyO3
 /// method bound to the loop.
-fn bind_own(core: &Bound<'_, LoopCore>, i: usize) -> PyResult<PyObject> {
+fn bind_own(core: &Bound<'_, LoopCore>, i: usize) -> PyResult<Py<PyAny>> {
     let name = NAMES[i].to_str().unwrap_or_default();
     if let Some(fast) = crate::loop_core::fast_method(core, name)? {
         return Ok(fast);

@@ -98,7 +98,7 @@ pub(crate) fn send(py: Python<'_>, fd: i32, bytes: &[u8]) -> PyResult<Io<usize>>
 /// `f(bytes)` over the contents of bytes, a bytearray or a contiguous memoryview; `None` for
 /// anything else (the caller then lets Python decide, with Python's errors).
 pub(crate) fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
-    if let Ok(b) = data.downcast_exact::<PyBytes>() {
+    if let Ok(b) = data.cast_exact::<PyBytes>() {
         return Some(f(b.as_bytes()));
     }
     if !(data.is_exact_instance_of::<PyByteArray>() || data.is_exact_instance_of::<PyMemoryView>())

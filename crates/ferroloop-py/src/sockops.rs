@@ -19,7 +19,7 @@ use pyo3::ffi;
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::sync::GILOnceCell;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyInt, PyTuple, PyType};
 use pyo3::PyTraverseError;
 
@@ -30,8 +30,8 @@ use crate::io;
 use crate::loop_core::LoopCore;
 use crate::sockio::{self, Io};
 
-static SOCKET_TYPE: GILOnceCell<Py<PyType>> = GILOnceCell::new();
-static CHECK_SSL_SOCKET: GILOnceCell<PyObject> = GILOnceCell::new();
+static SOCKET_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static CHECK_SSL_SOCKET: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// The fd of `sock` when the syscall can be made here: an exact `socket.socket`, open, with
 /// timeout 0. `None`: call its Python method instead.
@@ -55,7 +55,7 @@ fn is_plain_socket(sock: &Bound<'_, PyAny>) -> PyResult<bool> {
         PyResult::Ok(
             py.import("socket")?
                 .getattr("socket")?
-                .downcast_into::<PyType>()?
+                .cast_into::<PyType>()?
                 .unbind(),
         )
     })?;
@@ -151,11 +151,11 @@ fn new_future<'py>(lp: &Bound<'py, LoopCore>) -> PyResult<Bound<'py, PyAny>> {
 
 enum Kind {
     Recv {
-        n: PyObject,
+        n: Py<PyAny>,
     },
     /// `view` is `memoryview(data)`; `pos` the bytes already sent.
     SendAll {
-        view: PyObject,
+        view: Py<PyAny>,
         pos: usize,
     },
 }
@@ -164,8 +164,8 @@ enum Kind {
 #[pyclass(module = "ferroloop._ferroloop", frozen)]
 pub struct SockOp {
     lp: Py<LoopCore>,
-    fut: PyObject,
-    sock: PyObject,
+    fut: Py<PyAny>,
+    sock: Py<PyAny>,
     fd: RawFd,
     kind: GilCell<Kind>,
     handle: GilCell<Option<Py<Handle>>>,

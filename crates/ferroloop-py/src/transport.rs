@@ -45,13 +45,13 @@ const MODE_GET_BUFFER: u8 = 2; // a BufferedProtocol: `_read_ready__get_buffer`,
 #[pyclass(module = "ferroloop._ferroloop", frozen)]
 pub struct SocketPump {
     /// The Python transport; `None` once the garbage collector broke the cycle.
-    transport: GilCell<Option<PyObject>>,
+    transport: GilCell<Option<Py<PyAny>>>,
     fd: i32,
     max_size: usize,
     /// One of the MODE_* constants, set by the transport's `set_protocol` and `close`.
     mode: AtomicU8,
     /// asyncio's `_SelectorSocketTransport.write`, for every case the fast path does not take.
-    py_write: PyObject,
+    py_write: Py<PyAny>,
 }
 
 impl SocketPump {
@@ -163,7 +163,7 @@ impl SocketPump {
 #[pymethods]
 impl SocketPump {
     #[new]
-    fn new(transport: PyObject, fd: i32, max_size: usize, py_write: PyObject) -> Self {
+    fn new(transport: Py<PyAny>, fd: i32, max_size: usize, py_write: Py<PyAny>) -> Self {
         sockio::prepare();
         SocketPump {
             transport: GilCell::new(Some(transport)),
@@ -254,7 +254,7 @@ impl SocketPump {
     }
 
     fn __clear__(&self) {
-        Python::with_gil(|py| {
+        Python::attach(|py| {
             let old = self.transport.with(py, |t| t.take()).ok().flatten();
             drop(old);
         });
