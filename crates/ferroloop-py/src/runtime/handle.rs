@@ -19,7 +19,6 @@
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering::Relaxed};
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
@@ -28,7 +27,8 @@ use pyo3::types::{PyFloat, PyTuple};
 
 use crate::gil::GilCell;
 use crate::helpers;
-use crate::loop_core::LoopCore;
+use super::loop_core::LoopCore;
+use crate::errors;
 
 pub(crate) struct HandleData {
     callback: Option<Py<PyAny>>,
@@ -127,13 +127,13 @@ pub struct Handle {
     data: GilCell<HandleData>,
     cancelled: AtomicBool,
     /// Deadline of a TimerHandle (NaN for a plain Handle).
-    pub(crate) when: f64,
+    pub(super) when: f64,
     is_timer: bool,
     /// A TimerHandle still in the loop's timer queue.
-    pub(crate) scheduled: AtomicBool,
+    pub(super) scheduled: AtomicBool,
     /// A reader/writer handle: queued again each time its fd is ready, so it keeps its callback
     /// after running.
-    pub(crate) persistent: bool,
+    pub(super) persistent: bool,
 }
 
 #[pyclass(frozen, extends = Handle, module = "ferroloop._ferroloop")]
@@ -422,6 +422,17 @@ impl Handle {
         self.cancelled.load(Relaxed)
     }
 
+    /// A TimerHandle still in the loop's timer queue.
+    #[inline]
+    pub(crate) fn is_scheduled(&self) -> bool {
+        self.scheduled.load(Relaxed)
+    }
+
+    #[inline]
+    pub(super) fn set_scheduled(&self, value: bool) {
+        self.scheduled.store(value, Relaxed);
+    }
+
     /// Run the callback in its context; asyncio's `Handle._run`.
     /// Returns `Err` only for SystemExit and KeyboardInterrupt, which must stop the loop; any
     /// other exception goes to the loop's exception handler.
@@ -477,7 +488,7 @@ impl Handle {
             return Ok(());
         }
         let err = PyErr::fetch(py);
-        if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) {
+        if errors::is_exit(py, &err) {
             return Err(err);
         }
         if !keep {

@@ -12,17 +12,14 @@ use std::os::fd::RawFd;
 
 use ferroloop_core::io_registry::{Direction, PollerOp, Removed};
 use ferroloop_core::poller::Event;
-use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyInt, PyTuple, PyWeakrefReference};
 
-use crate::handle::Handle;
+use super::handle::Handle;
+use super::loop_core::LoopCore;
+use crate::errors;
 use crate::helpers;
-use crate::loop_core::LoopCore;
-
-fn os_err(e: std::io::Error) -> PyErr {
-    PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string()))
-}
 
 /// `selectors._fileobj_to_fd`: an int, or an object with `fileno()`; same errors.
 pub(crate) fn fd_of(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
@@ -148,7 +145,7 @@ fn install(
         None => r.op_for_set(fd, dir),
         Some(same_owner) => r.op_for_set_edge(fd, dir, same_owner),
     })?;
-    apply(this, fd, op).map_err(os_err)?;
+    apply(this, fd, op).map_err(|e| errors::from_io(py, e))?;
     let queued = handle.clone_ref(py);
     let (old, unused_key) = this.io.with(py, |r| match edge {
         None => r.set(fd, dir, queued, key),
@@ -198,7 +195,7 @@ fn remove_fd(slf: &Bound<'_, LoopCore>, fd: RawFd, dir: Direction) -> PyResult<b
         }
         None => false,
     };
-    applied.map_err(os_err)?;
+    applied.map_err(|e| errors::from_io(py, e))?;
     Ok(had)
 }
 

@@ -1,5 +1,5 @@
 //! `sock_recv` and `sock_sendall` without Python frames on the way (the coroutines themselves are
-//! two-line `async def`s in `ferroloop/_sockops.py`).
+//! two-line `async def`s in `ferroloop/_loop.py`).
 //!
 //! Step for step asyncio's `BaseSelectorEventLoop.sock_recv`/`sock_sendall`: the SSL-socket and
 //! (debug mode) blocking-socket checks, one attempt at once, and only on EAGAIN a future, a
@@ -23,12 +23,11 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyInt, PyTuple, PyType};
 use pyo3::PyTraverseError;
 
+use super::sockio::{self, Io};
+use crate::errors;
 use crate::gil::GilCell;
-use crate::handle::Handle;
 use crate::helpers;
-use crate::io;
-use crate::loop_core::LoopCore;
-use crate::sockio::{self, Io};
+use crate::runtime::{io, Handle, LoopCore};
 
 static SOCKET_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static CHECK_SSL_SOCKET: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -267,9 +266,7 @@ impl SockOp {
             }
         };
         if let Err(e) = &outcome {
-            if e.is_instance_of::<pyo3::exceptions::PySystemExit>(py)
-                || e.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py)
-            {
+            if errors::is_exit(py, e) {
                 return outcome.map(|_| ());
             }
         }
