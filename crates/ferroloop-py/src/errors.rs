@@ -15,6 +15,17 @@ use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PySystemExit};
 use pyo3::ffi;
 use pyo3::prelude::*;
 
+/// The `OSError` for `errno`, as `PyErr_SetFromErrno` raises it.
+pub(crate) fn from_errno(py: Python<'_>, errno: i32) -> PyErr {
+    // SAFETY: GIL held; `__errno_location` is this thread's errno, which `PyErr_SetFromErrno`
+    // reads right away (nothing runs in between); it sets the exception, which fetch takes.
+    unsafe {
+        *libc::__errno_location() = errno;
+        ffi::PyErr_SetFromErrno(ffi::PyExc_OSError);
+    }
+    PyErr::fetch(py)
+}
+
 /// The `OSError` for the current errno (right after the failed call: nothing may run between).
 pub(crate) fn last_os_error(py: Python<'_>) -> PyErr {
     // SAFETY: GIL held; errno is still the failed call's; the exception set is taken by fetch.
@@ -25,8 +36,10 @@ pub(crate) fn last_os_error(py: Python<'_>) -> PyErr {
 /// An `io::Error` from `ferroloop-core` (a failed syscall) as the `OSError` CPython raises for
 /// its errno; an error without one (none is made today) keeps its text.
 pub(crate) fn from_io(py: Python<'_>, e: std::io::Error) -> PyErr {
-    let _ = py;
-    PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string()))
+    match e.raw_os_error() {
+        Some(errno) => from_errno(py, errno),
+        None => PyOSError::new_err(e.to_string()),
+    }
 }
 
 /// SystemExit or KeyboardInterrupt: asyncio re-raises these wherever it catches
