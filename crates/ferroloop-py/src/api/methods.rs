@@ -9,7 +9,7 @@ use std::os::fd::RawFd;
 
 use ferroloop_core::io_registry::Direction;
 use pyo3::prelude::*;
-use pyo3::types::{PyTuple, PyType};
+use pyo3::types::{PyDict, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
 use super::{fastcall, slots};
@@ -270,6 +270,22 @@ impl LoopCore {
     #[getter]
     fn _scheduled_count(&self, py: Python<'_>) -> PyResult<usize> {
         self.scheduled_count(py)
+    }
+
+    /// The loop's telemetry as a dict (`ferroloop.stats`); `reset` zeroes counters and timing.
+    #[pyo3(signature = (reset=false))]
+    fn _stats<'py>(&self, py: Python<'py>, reset: bool) -> PyResult<Bound<'py, PyDict>> {
+        self.stats(py, reset)
+    }
+
+    /// Whether iterations are timed (`ferroloop.enable_timing`).
+    #[getter(_stats_timing)]
+    fn get_stats_timing(&self) -> bool {
+        self.timing_enabled()
+    }
+    #[setter(_stats_timing)]
+    fn set_stats_timing(&self, on: bool) {
+        self.set_timing(on);
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {

@@ -574,6 +574,12 @@ impl Handle {
     /// would be invisible and an unclosed loop with pending callbacks never collected. A handle
     /// also referenced elsewhere is visited as an object (a no-op for an untracked one): its
     /// other holder keeps it, and what it references, alive.
+    /// A `TimerHandle` (its `when` is a deadline).
+    #[inline]
+    pub(super) fn is_timer_(&self) -> bool {
+        self.is_timer
+    }
+
     pub(crate) fn traverse_owned(
         h: &Py<Handle>,
         visit: &PyVisit<'_>,

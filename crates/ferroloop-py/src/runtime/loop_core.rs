@@ -28,6 +28,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use super::handle::{self, Handle, TimerHandle};
 use super::iteration;
 use super::slots::Slots;
+use super::stats::Telemetry;
 use crate::errors;
 use crate::gil::GilCell;
 use crate::helpers;
@@ -61,6 +62,9 @@ pub struct LoopCore {
     task_factory: GilCell<Option<Py<PyAny>>>,
     /// `call_soon` and `time`, bound once per loop, read by `api::slots::SlotDescriptor`.
     slots: Slots,
+    /// Telemetry (`stats.rs`); `timing` says whether iterations are timed.
+    pub(super) stats: GilCell<Telemetry>,
+    pub(super) timing: AtomicBool,
 }
 
 impl LoopCore {
@@ -255,6 +259,8 @@ impl LoopCore {
             slow_callback_duration: AtomicU64::new(0.1f64.to_bits()),
             task_factory: GilCell::new(None),
             slots: Slots::new(),
+            stats: GilCell::new(Telemetry::new()),
+            timing: AtomicBool::new(false),
         })
     }
 
@@ -413,6 +419,42 @@ impl LoopCore {
     /// Timers in the timer queue, cancelled ones not yet purged included.
     pub(crate) fn scheduled_count(&self, py: Python<'_>) -> PyResult<usize> {
         self.timers.with(py, |t| t.len())
+    }
+
+    /// Switch the timing part of the telemetry on or off (`ferroloop.enable_timing`).
+    pub(crate) fn set_timing(&self, on: bool) {
+        self.timing.store(on, Relaxed);
+    }
+
+    pub(crate) fn timing_enabled(&self) -> bool {
+        self.timing.load(Relaxed)
+    }
+
+    /// The telemetry as a dict (`ferroloop.stats`): counters, timing, and the loop's current
+    /// queue sizes and registrations; `reset` zeroes the counters and timing afterwards.
+    pub(crate) fn stats<'py>(
+        &self,
+        py: Python<'py>,
+        reset: bool,
+    ) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+        let d = pyo3::types::PyDict::new(py);
+        let timing_on = self.timing.load(Relaxed);
+        let dropped = self.stats.with(py, |s| {
+            s.fill(&d, timing_on)?;
+            Ok::<_, PyErr>(if reset { s.reset() } else { Vec::new() })
+        })??;
+        drop(dropped);
+        let (ready_now, (timers, cancelled)) = (
+            self.ready.with(py, |r| r.len())?,
+            self.timers.with(py, |t| (t.len(), t.cancelled_count()))?,
+        );
+        let (readers, writers) = self.io.with(py, |r| r.counts())?;
+        d.set_item("ready_now", ready_now)?;
+        d.set_item("timers_pending", timers - cancelled.min(timers))?;
+        d.set_item("timers_cancelled", cancelled)?;
+        d.set_item("readers", readers)?;
+        d.set_item("writers", writers)?;
+        Ok(d)
     }
 
     /// The garbage collector's traversal (`LoopCore.__traverse__`).

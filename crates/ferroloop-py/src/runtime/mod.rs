@@ -15,6 +15,7 @@
 //! | `iteration.rs` | one iteration: timers, poll (GIL released), the ready batch |
 //! | `io.rs` | readers and writers by fd; level and edge-triggered waits; dispatching poller events |
 //! | `handle.rs` | `Handle` / `TimerHandle`, running a callback in its context, the handle pool |
+//! | `stats.rs` | loop telemetry: always-on counters, opt-in timing (`ferroloop.stats`) |
 //! | `slots.rs` | the storage of the per-loop `call_soon`/`time` slots (`api/slots.rs` reads it) |
 
 pub(crate) mod handle;
@@ -22,6 +23,7 @@ pub(crate) mod io;
 mod iteration;
 mod loop_core;
 pub(crate) mod slots;
+mod stats;
 
 pub(crate) use handle::{Handle, TimerHandle};
 pub(crate) use loop_core::{IoKey, LoopCore};
