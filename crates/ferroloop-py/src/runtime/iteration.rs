@@ -210,7 +210,7 @@ fn run_batch_timed(slf: &Bound<'_, LoopCore>, ntodo: usize, batch: &mut Batch) -
         let dt = this.now() - t0;
         batch.time += dt;
         let h = handle.get();
-        let lag = h.is_timer_().then(|| t0 - h.when);
+        let lag = h.is_timer_().then_some(t0 - h.when);
         let keep = this.stats.with(py, |s| {
             if let Some(lag) = lag {
                 s.timing.lag.record(lag);
