@@ -27,7 +27,7 @@ command -v apt-get >/dev/null || { echo "services: ${packages[*]} missing and no
 
 echo "services: installing ${packages[*]}"
 cleanup=()
-finish() { local f; for f in "${cleanup[@]}"; do "${as_root[@]}" rm -f "$f"; done; }
+finish() { local f; for f in "${cleanup[@]}"; do "${as_root[@]}" rm -f "$f"; done; [ -z "${made_dir:-}" ] || "${as_root[@]}" rmdir --ignore-fail-on-non-empty "$made_dir"; }
 trap finish EXIT
 
 # Keep the packages' init scripts from starting a server: invoke-rc.d obeys policy-rc.d (exit 101 =
@@ -40,7 +40,10 @@ fi
 # postgresql-common creates and starts a "main" cluster on install unless told not to
 # (createcluster.d drop-ins are read by pg_createcluster; this one only lives during the install).
 if [[ " ${packages[*]} " == *" postgresql "* ]]; then
-    "${as_root[@]}" mkdir -p /etc/postgresql-common/createcluster.d
+    if [ ! -d /etc/postgresql-common/createcluster.d ]; then
+        "${as_root[@]}" mkdir -p /etc/postgresql-common/createcluster.d
+        made_dir=/etc/postgresql-common/createcluster.d
+    fi
     echo 'create_main_cluster = false' | "${as_root[@]}" tee /etc/postgresql-common/createcluster.d/zz-ferroloop-tests.conf >/dev/null
     cleanup+=(/etc/postgresql-common/createcluster.d/zz-ferroloop-tests.conf)
 fi
