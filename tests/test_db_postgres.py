@@ -234,6 +234,33 @@ def test_copy_in_and_out_100_mib(loop, pg_server, flavor):
     run(loop, main, timeout=110)
 
 
+STREAM_ROWS = 20000  # lines of 778 bytes: ~15 MiB
+
+
+async def copy_out_stream(conn):
+    """COPY a generated ~15 MiB result out through a sink that yields; check bytes and pausing."""
+    received = hashlib.sha256()
+    reading_in_sink = set()
+    chunks = 0
+
+    async def sink(data):
+        nonlocal chunks
+        reading_in_sink.add(conn._transport.is_reading())
+        received.update(data)
+        chunks += 1
+        await asyncio.sleep(0.001 if chunks % 32 == 0 else 0)
+
+    status = await conn.copy_from_query(
+        "SELECT lpad(g::text, 9, '0') || repeat(md5(g::text), 24) FROM generate_series(1, $1::int) g",
+        STREAM_ROWS, output=sink)
+    expect = hashlib.sha256()
+    for g in range(1, STREAM_ROWS + 1):
+        expect.update(b'%09d%s\n' % (g, hashlib.md5(str(g).encode()).hexdigest().encode() * 24))
+    assert status == f'COPY {STREAM_ROWS}'
+    assert received.hexdigest() == expect.hexdigest()
+    assert chunks > 1 and reading_in_sink == {False}
+
+
 @pytest.mark.timeout(TIMEOUT)
 def test_listen_notify(loop, pg_server):
     async def main():
@@ -346,6 +373,8 @@ def test_tls_connection(loop, pg_server):
             payload = random.Random(7).randbytes(3 * 1024 * 1024 + 11)
             assert await conn.fetchval('SELECT sha256($1::bytea)', payload) == hashlib.sha256(payload).digest()
             assert await conn.fetchval('SELECT $1::bytea', payload) == payload
+            # COPY out through the TLS transport (asyncio's SSL protocol) with reading paused
+            await copy_out_stream(conn)
             with pytest.raises(asyncio.TimeoutError):
                 await conn.fetchval('SELECT pg_sleep(600)', timeout=0.3)
             assert await conn.fetchval('SELECT 1') == 1
@@ -377,6 +406,7 @@ def test_unix_socket(loop, pg_server):
             assert await conn.fetchval('SELECT inet_server_addr()') is None
             payload = random.Random(3).randbytes(2 * 1024 * 1024)
             assert await conn.fetchval('SELECT $1::bytea', payload) == payload
+            await copy_out_stream(conn)
             with pytest.raises(asyncio.TimeoutError):
                 await conn.fetchval('SELECT pg_sleep(600)', timeout=0.3)
             assert await conn.fetchval('SELECT 7') == 7
