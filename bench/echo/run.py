@@ -1,8 +1,8 @@
-"""Echo benchmark: asyncio, uvloop, rloop and ferroloop echo servers against a compiled client,
+"""Echo benchmark: asyncio, uvloop, rloop, rsloop and ferroloop echo servers against a compiled client,
 with a plain-Rust epoll server as the ceiling (see bench/echo/README.md).
 
     python bench/echo/run.py [--quick] [--reps N] [--duration S] [--loops a,b] [--styles ...]
-                             [--transports tcp,unix] [--sizes 1024,...] [--conns 1,32] [--markdown]
+                             [--transports tcp,unix,udp] [--sizes 1024,...] [--conns 1,32] [--markdown]
 
 Every sample is a fresh server process pinned to one CPU and a fresh client pinned to the other;
 samples are interleaved (each repetition runs every case on every loop, the loop order rotating).
@@ -23,12 +23,14 @@ SERVER_PY = HERE / 'server.py'
 CLIENT = HERE / 'target' / 'release' / 'echo-client'
 RUST_SERVER = HERE / 'target' / 'release' / 'echo-server'
 STYLES = ('protocol', 'streams', 'sock')
-TRANSPORTS = ('tcp', 'unix')
+TRANSPORTS = ('tcp', 'unix', 'udp')
+UDP_MAX = 65507  # the largest UDP payload over IPv4: larger sizes have no UDP case
 SIZES = (1024, 10 * 1024, 100 * 1024)
 CONNS = (1, 32)
 # --quick: the cases that matter most, a few seconds each
 QUICK_CASES = [('protocol', 'tcp', 1024, 32), ('streams', 'tcp', 1024, 32), ('sock', 'tcp', 1024, 32),
-               ('protocol', 'tcp', 1024, 1), ('protocol', 'unix', 1024, 32), ('protocol', 'tcp', 102400, 32)]
+               ('protocol', 'tcp', 1024, 1), ('protocol', 'unix', 1024, 32), ('protocol', 'tcp', 102400, 32),
+               ('protocol', 'udp', 1024, 32)]
 CEILING = 'rust'  # the plain-Rust echo-server, one per (transport, size, conns)
 
 
@@ -64,8 +66,12 @@ def parse_args(argv):
     if a.quick and not (a.styles or a.transports or a.sizes or a.conns):
         a.cases = list(QUICK_CASES)
     else:
+        # UDP: the datagram Protocol server only ('protocol'), sizes that fit in one datagram
         a.cases = [(st, tr, sz, c) for tr in (a.transports or TRANSPORTS) for sz in (a.sizes or SIZES)
-                   for c in (a.conns or CONNS) for st in (a.styles or STYLES)]
+                   for c in (a.conns or CONNS) for st in (a.styles or STYLES)
+                   if tr != 'udp' or (st == 'protocol' and sz <= UDP_MAX)]
+        if not a.cases:
+            p.error('no case in that selection (UDP runs --styles protocol with sizes up to 65507)')
     return a
 
 
@@ -81,7 +87,7 @@ def sample(a, case, loop):
     """One fresh server + one client run: the client's JSON (plus CPU percentages) or {'error'}."""
     style, transport, size, conns = case
     path = f'/tmp/ferroloop-echo-{os.getpid()}.sock'
-    where = ['--unix', path] if transport == 'unix' else ['--tcp', '127.0.0.1:0']
+    where = {'unix': ['--unix', path], 'tcp': ['--tcp', '127.0.0.1:0'], 'udp': ['--udp', '127.0.0.1:0']}[transport]
     if loop == CEILING:
         cmd = [str(RUST_SERVER)] + where
     else:
@@ -89,6 +95,8 @@ def sample(a, case, loop):
     srv = nb.Server(cmd, a.server_cpu)
     try:
         line = srv.read_line(30)
+        if line and line.startswith('UNSUPPORTED '):
+            return {'unsupported': line.split(' ', 1)[1]}
         if not line or not line.startswith('LISTENING '):
             return {'error': f'server did not start: {srv.error_tail()}'}
         _, kind, addr = line.split(' ', 2)
@@ -143,7 +151,8 @@ def collect(a, loops):
                 res = {'loop': loop, 'case': list(case), 'rep': rep, **sample(a, case, loop)}
                 samples[case, loop].append(res)
                 done += 1
-                note = f'{res["req_per_s"]:,.0f} req/s' if 'req_per_s' in res else res['error']
+                note = (f'{res["req_per_s"]:,.0f} req/s' if 'req_per_s' in res
+                        else res.get('error') or 'not supported: ' + res.get('unsupported', '?'))
                 nb.progress(f'[{done}/{total}] rep {rep + 1} {"/".join(map(str, case))} {loop}: {note}')
         if not sys.stderr.isatty():
             print(f'rep {rep + 1}/{a.reps} done', file=sys.stderr, flush=True)

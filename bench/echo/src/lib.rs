@@ -3,11 +3,12 @@
 use std::io;
 use std::os::unix::io::RawFd;
 
-/// `--tcp HOST:PORT` or `--unix PATH`.
+/// `--tcp HOST:PORT`, `--unix PATH` or `--udp HOST:PORT`.
 #[derive(Clone, Debug)]
 pub enum Addr {
     Tcp(String),
     Unix(String),
+    Udp(String),
 }
 
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {

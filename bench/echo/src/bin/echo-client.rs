@@ -1,20 +1,26 @@
 //! Request/response echo load client on epoll (one thread).
 //!
-//!     echo-client (--tcp HOST:PORT | --unix PATH) [--conns 32] [--size 1024] [--warmup 1]
-//!                 [--duration 5 | --requests N] [--server-pid PID] [--timeout 10] [--busy-poll]
+//!     echo-client (--tcp HOST:PORT | --unix PATH | --udp HOST:PORT) [--conns 32] [--size 1024]
+//!                 [--warmup 1] [--duration 5 | --requests N] [--server-pid PID] [--timeout 10]
+//!                 [--resend-ms 100] [--busy-poll]
 //!
 //! Each of `--conns` connections sends a `--size`-byte message, waits until the whole echo is back
 //! (checking every byte: a per-connection pattern with the request number in the first 8 bytes),
-//! then sends the next one. After `--warmup` seconds the counters reset and the measurement runs
+//! then sends the next one. With `--udp` each "connection" is its own UDP socket (connected to the
+//! server) sending one datagram and waiting for its echo; a datagram whose echo has not come back
+//! after `--resend-ms` is sent again (counted in "resent"; the latency still counts from the first
+//! send), and a stale echo of an earlier request is ignored (counted in "stale"), so a lost datagram
+//! cannot stall the client. After `--warmup` seconds the counters reset and the measurement runs
 //! for `--duration` seconds (or until `--requests` echoes completed). Prints one JSON line:
-//! requests, seconds, req_per_s, latency percentiles (µs, send start -> last echoed byte),
+//! requests, seconds, req_per_s, latency percentiles p50/p90/p99/p99.9/max (µs, send start -> last
+//! echoed byte, from all samples of the window, sorted),
 //! the client's CPU seconds, and with `--server-pid` the server's CPU seconds (utime + stime from
 //! /proc/PID/stat, read exactly at the window edges) and its CPU µs per request.
 //! `--busy-poll` polls epoll without sleeping (the client's CPU never idles, so waking it is cheap).
 //! On a wrong echo, a closed connection or no progress for `--timeout` s: {"error": ...}, exit 1.
 
 use std::io::Write;
-use std::net::TcpStream;
+use std::net::{TcpStream, UdpSocket};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
@@ -28,6 +34,7 @@ const OUT: u32 = libc::EPOLLOUT as u32;
 enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Udp(UdpSocket),
 }
 
 struct Conn {
@@ -38,6 +45,7 @@ struct Conn {
     sent: usize,
     recvd: usize,
     started: Instant,
+    last_send: Instant,
     out_armed: bool,
 }
 
@@ -50,6 +58,7 @@ struct Opts {
     requests: Option<u64>,
     server_pid: Option<u32>,
     timeout: f64,
+    resend: Duration,
     busy_poll: bool,
 }
 
@@ -61,8 +70,8 @@ fn fail(msg: &str) -> ! {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: echo-client (--tcp HOST:PORT | --unix PATH) [--conns N] [--size BYTES] [--warmup S] \
-         [--duration S | --requests N] [--server-pid PID] [--timeout S] [--busy-poll]"
+        "usage: echo-client (--tcp HOST:PORT | --unix PATH | --udp HOST:PORT) [--conns N] [--size BYTES] \
+         [--warmup S] [--duration S | --requests N] [--server-pid PID] [--timeout S] [--resend-ms MS] [--busy-poll]"
     );
     std::process::exit(2)
 }
@@ -82,6 +91,7 @@ fn parse() -> Opts {
         requests: None,
         server_pid: None,
         timeout: 10.0,
+        resend: Duration::from_millis(100),
         busy_poll: false,
     };
     let mut have_addr = false;
@@ -90,6 +100,8 @@ fn parse() -> Opts {
         match k.as_str() {
             "tcp" => (o.addr, have_addr) = (Addr::Tcp(v), true),
             "unix" => (o.addr, have_addr) = (Addr::Unix(v), true),
+            "udp" => (o.addr, have_addr) = (Addr::Udp(v), true),
+            "resend-ms" => o.resend = Duration::from_secs_f64(num(&v) / 1e3),
             "conns" => o.conns = num(&v) as usize,
             "size" => o.size = num(&v) as usize,
             "warmup" => o.warmup = num(&v),
@@ -137,6 +149,12 @@ fn connect(addr: &Addr) -> (Stream, RawFd) {
             let fd = s.as_raw_fd();
             (Stream::Unix(s), fd)
         }
+        Addr::Udp(a) => {
+            let s = UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| fail(&format!("bind: {e}")));
+            s.connect(a).unwrap_or_else(|e| fail(&format!("connect {a}: {e}")));
+            let fd = s.as_raw_fd();
+            (Stream::Udp(s), fd)
+        }
     }
 }
 
@@ -166,6 +184,16 @@ fn pump(ep: &Epoll, c: &mut Conn, token: u64) {
     }
 }
 
+/// Sends the current request as one datagram. EAGAIN (a full socket buffer) counts as a loss:
+/// the resend timer sends it again.
+fn send_datagram(c: &mut Conn, now: Instant) {
+    match write(c.fd, &c.msg) {
+        Ok(_) => {}
+        Err(e) => fail(&format!("sendto: {e}")),
+    }
+    c.last_send = now;
+}
+
 fn main() {
     let o = parse();
     let mut ep = Epoll::new(1024).unwrap();
@@ -181,6 +209,7 @@ fn main() {
                 sent: 0,
                 recvd: 0,
                 started: Instant::now(),
+                last_send: Instant::now(),
                 out_armed: false,
             }
         })
@@ -201,17 +230,58 @@ fn main() {
     let mut last_progress = t0;
     let stall = Duration::from_secs_f64(o.timeout);
 
+    let udp = matches!(o.addr, Addr::Udp(_));
+    let (mut resent, mut stale): (u64, u64) = (0, 0);
+    let mut last_scan = t0;
     for (i, c) in conns.iter_mut().enumerate() {
         stamp(c);
         c.started = Instant::now();
-        pump(&ep, c, i as u64);
+        if udp {
+            send_datagram(c, c.started);
+        } else {
+            pump(&ep, c, i as u64);
+        }
     }
 
     loop {
-        let events = ep.wait(if o.busy_poll { 0 } else { 100 }).unwrap_or_else(|e| fail(&format!("epoll_wait: {e}")));
+        let wait_ms = if o.busy_poll { 0 } else if udp { 5 } else { 100 };
+        let events = ep.wait(wait_ms).unwrap_or_else(|e| fail(&format!("epoll_wait: {e}")));
         for (ev, token) in events {
             let i = token as usize;
             let c = &mut conns[i];
+            if udp {
+                // one read = one datagram; drain the socket
+                loop {
+                    let n = match read(c.fd, &mut buf) {
+                        Ok(Some(n)) => n,
+                        Ok(None) => break,
+                        Err(e) => fail(&format!("client {i}: recv: {e}")),
+                    };
+                    if n != c.msg.len() {
+                        fail(&format!("client {i}: a {n}-byte datagram, expected {}", c.msg.len()));
+                    }
+                    let k = n.min(8);
+                    if buf[..k] != c.msg[..k] {
+                        stale += 1; // the echo of an earlier (resent) request
+                        continue;
+                    }
+                    if buf[..n] != c.msg[..] {
+                        let off = (0..n).find(|&k| buf[k] != c.msg[k]).unwrap();
+                        fail(&format!("client {i}: wrong echo at byte {off} of request {}", c.seq));
+                    }
+                    let now = Instant::now();
+                    last_progress = now;
+                    if measuring {
+                        done += 1;
+                        lat_ns.push((now - c.started).as_nanos() as u64);
+                    }
+                    c.seq += 1;
+                    stamp(c);
+                    c.started = now;
+                    send_datagram(c, now);
+                }
+                continue;
+            }
             if ev & OUT != 0 {
                 pump(&ep, c, token);
             }
@@ -251,9 +321,21 @@ fn main() {
             }
         }
         let now = Instant::now();
+        if udp && now - last_scan >= Duration::from_millis(5) {
+            last_scan = now;
+            for c in conns.iter_mut() {
+                if now - c.last_send >= o.resend {
+                    send_datagram(c, now); // lost (or slow): send the same request again
+                    if measuring {
+                        resent += 1;
+                    }
+                }
+            }
+        }
         if !measuring && now >= warm_end {
             measuring = true;
             (srv0, cli0) = (o.server_pid.and_then(proc_cpu), self_cpu());
+            (resent, stale) = (0, 0);
             m_start = Instant::now();
             m_end = m_start + Duration::from_secs_f64(o.duration);
         } else if measuring && (o.requests.map_or(now >= m_end, |r| done >= r)) {
@@ -274,11 +356,17 @@ fn main() {
         }
     };
     let mean = if lat_ns.is_empty() { 0.0 } else { lat_ns.iter().sum::<u64>() as f64 / lat_ns.len() as f64 / 1e3 };
+    let max = lat_ns.last().map_or(0.0, |&x| x as f64 / 1e3);
     let mut out = format!(
         "{{\"conns\": {}, \"size\": {}, \"requests\": {}, \"seconds\": {:.6}, \"req_per_s\": {:.1}, \
-         \"p50_us\": {:.1}, \"p99_us\": {:.1}, \"mean_us\": {:.1}, \"client_cpu_s\": {:.4}",
-        o.conns, o.size, done, secs, done as f64 / secs, pct(0.50), pct(0.99), mean, cli1 - cli0
+         \"p50_us\": {:.1}, \"p90_us\": {:.1}, \"p99_us\": {:.1}, \"p999_us\": {:.1}, \"max_us\": {:.1}, \
+         \"mean_us\": {:.1}, \"client_cpu_s\": {:.4}",
+        o.conns, o.size, done, secs, done as f64 / secs, pct(0.50), pct(0.90), pct(0.99), pct(0.999), max, mean,
+        cli1 - cli0
     );
+    if udp {
+        out += &format!(", \"resent\": {resent}, \"stale\": {stale}");
+    }
     if let (Some(a), Some(b)) = (srv0, srv1) {
         let per = if done > 0 { (b - a) / done as f64 * 1e6 } else { 0.0 };
         out += &format!(", \"server_cpu_s\": {:.4}, \"server_cpu_us_per_req\": {:.3}", b - a, per);

@@ -3,13 +3,17 @@
 //!
 //!     echo-server --tcp 127.0.0.1:0        prints "LISTENING tcp 127.0.0.1:PORT" when ready
 //!     echo-server --unix /tmp/echo.sock    prints "LISTENING unix /tmp/echo.sock"
+//!     echo-server --udp 127.0.0.1:0        prints "LISTENING udp 127.0.0.1:PORT"
+//!
+//! UDP: one socket; on each wake-up it reads datagrams until EAGAIN and sends each straight back
+//! to its sender (a send that would block drops the echo, as a full socket buffer drops datagrams).
 //!
 //! Each connection echoes what it reads; a write that does not complete parks the rest and stops
 //! reading that connection until the socket is writable again (backpressure, no unbounded buffer).
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::TcpListener;
+use std::net::{TcpListener, UdpSocket};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixListener;
 
@@ -25,7 +29,7 @@ struct Conn {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: echo-server (--tcp HOST:PORT | --unix PATH)");
+    eprintln!("usage: echo-server (--tcp HOST:PORT | --unix PATH | --udp HOST:PORT)");
     std::process::exit(2)
 }
 
@@ -37,12 +41,20 @@ fn main() {
     });
     let mut tcp = None;
     let mut unix = None;
+    let mut udp = None;
     for (k, v) in flags {
         match k.as_str() {
             "tcp" => tcp = Some(v),
             "unix" => unix = Some(v),
+            "udp" => udp = Some(v),
             _ => usage(),
         }
+    }
+    if let Some(a) = udp {
+        if tcp.is_some() || unix.is_some() {
+            usage()
+        }
+        serve_udp(&a)
     }
     // Keep the listener objects alive for the whole run.
     let (_tcp_l, _unix_l, lfd, is_tcp, shown): (Option<TcpListener>, Option<UnixListener>, RawFd, bool, String) =
@@ -122,6 +134,31 @@ fn main() {
                 let _ = ep.delete(fd);
                 conns.remove(&fd);
                 close(fd);
+            }
+        }
+    }
+}
+
+fn serve_udp(addr: &str) -> ! {
+    let sock = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    sock.set_nonblocking(true).unwrap();
+    let mut ep = Epoll::new(4).unwrap();
+    ep.add(sock.as_raw_fd(), IN, 0).unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    println!("LISTENING udp {}", sock.local_addr().unwrap());
+    std::io::stdout().flush().unwrap();
+    loop {
+        if ep.wait(-1).expect("epoll_wait").is_empty() {
+            continue;
+        }
+        loop {
+            match sock.recv_from(&mut buf) {
+                Ok((n, peer)) => {
+                    let _ = sock.send_to(&buf[..n], peer);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break, // e.g. ECONNREFUSED from an earlier send: back to epoll
             }
         }
     }
