@@ -1,5 +1,5 @@
-"""HTTP benchmark: an httptools Protocol server and a uvicorn app on asyncio, uvloop, rloop and
-ferroloop, loaded by wrk (see bench/http/README.md).
+"""HTTP benchmark: an httptools Protocol server and a uvicorn app on asyncio, uvloop, rloop, rsloop
+and ferroloop, loaded by wrk (see bench/http/README.md).
 
     python bench/http/run.py [--quick] [--reps N] [--duration S] [--loops a,b]
                              [--servers httptools,uvicorn] [--conns 1,32] [--markdown]
@@ -27,7 +27,7 @@ import netbench as nb  # noqa: E402
 SERVERS = ('httptools', 'uvicorn')
 # uvicorn --loop accepts its own names and any "module:factory" (uvicorn >= 0.36)
 UVICORN_LOOP = {'asyncio': 'asyncio', 'uvloop': 'uvloop', 'rloop': 'rloop:new_event_loop',
-                'ferroloop': 'ferroloop:new_event_loop'}
+                'rsloop': 'rsloop:new_event_loop', 'ferroloop': 'ferroloop:new_event_loop'}
 BODY = b'Hello, World!'
 
 
