@@ -54,6 +54,9 @@ def parse_args(argv):
     p.add_argument('--server-cpu', type=int, help='CPU of the servers (default: the first allowed)')
     p.add_argument('--client-cpu', type=int, help='CPU of the client (default: the second allowed)')
     p.add_argument('--python', default=sys.executable, help='interpreter of the Python servers')
+    p.add_argument('--fifo', type=int, metavar='PRIO',
+                   help='run servers and clients as SCHED_FIFO at this priority (root; isolates the '
+                        'latency figures from other load on the machine)')
     p.add_argument('--no-build', action='store_true', help='do not run cargo build first')
     p.add_argument('--markdown', action='store_true', help='also print a Markdown report')
     p.add_argument('--out', type=Path, default=HERE / 'results', help='where the raw JSON goes')
@@ -163,6 +166,7 @@ def collect(a, loops):
 
 def main(argv=None):
     a = parse_args(argv)
+    nb.FIFO = a.fifo
     if not a.no_build:
         build()
     versions, skipped = nb.probe_loops(a.python, a.loops)
