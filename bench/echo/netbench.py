@@ -269,6 +269,23 @@ def print_report(rows, case_cols, path, markdown_intro=None, ceiling=False):
         print(markdown_table(chead, cbody, left=left, note=False))
 
 
+def make_cert():
+    """A self-signed P-256 certificate for localhost in a fresh temporary directory (removed at
+    exit): (cert path, key path). Made with the openssl command line tool."""
+    import atexit
+    import shutil
+    import tempfile
+    d = tempfile.mkdtemp(prefix='ferroloop-bench-tls-')
+    atexit.register(shutil.rmtree, d, True)
+    cert, key = os.path.join(d, 'cert.pem'), os.path.join(d, 'key.pem')
+    r = subprocess.run(['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1',
+                        '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=localhost'],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f'openssl req failed: {r.stderr.strip()[-300:]}')
+    return cert, key
+
+
 def machine():
     model = ''
     try:

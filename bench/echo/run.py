@@ -23,14 +23,16 @@ SERVER_PY = HERE / 'server.py'
 CLIENT = HERE / 'target' / 'release' / 'echo-client'
 RUST_SERVER = HERE / 'target' / 'release' / 'echo-server'
 STYLES = ('protocol', 'streams', 'sock')
-TRANSPORTS = ('tcp', 'unix', 'udp')
+TRANSPORTS = ('tcp', 'unix', 'udp', 'tls')
 UDP_MAX = 65507  # the largest UDP payload over IPv4: larger sizes have no UDP case
+TLS_SIZES = (1024, 16 * 1024)  # the TLS cases' default sizes (one record and a full 16 KiB record)
+TLS_STYLES = ('protocol', 'streams')  # ssl= exists for create_server and start_server only
 SIZES = (1024, 10 * 1024, 100 * 1024)
 CONNS = (1, 32)
 # --quick: the cases that matter most, a few seconds each
 QUICK_CASES = [('protocol', 'tcp', 1024, 32), ('streams', 'tcp', 1024, 32), ('sock', 'tcp', 1024, 32),
                ('protocol', 'tcp', 1024, 1), ('protocol', 'unix', 1024, 32), ('protocol', 'tcp', 102400, 32),
-               ('protocol', 'udp', 1024, 32)]
+               ('protocol', 'udp', 1024, 32), ('protocol', 'tls', 1024, 32)]
 CEILING = 'rust'  # the plain-Rust echo-server, one per (transport, size, conns)
 
 
@@ -69,12 +71,16 @@ def parse_args(argv):
     if a.quick and not (a.styles or a.transports or a.sizes or a.conns):
         a.cases = list(QUICK_CASES)
     else:
-        # UDP: the datagram Protocol server only ('protocol'), sizes that fit in one datagram
-        a.cases = [(st, tr, sz, c) for tr in (a.transports or TRANSPORTS) for sz in (a.sizes or SIZES)
+        # UDP: the datagram Protocol server only ('protocol'), sizes that fit in one datagram;
+        # TLS (TCP + ssl=): protocol and streams, 1 KiB and 16 KiB unless --sizes says otherwise
+        def sizes(tr):
+            return a.sizes or (TLS_SIZES if tr == 'tls' else SIZES)
+        a.cases = [(st, tr, sz, c) for tr in (a.transports or TRANSPORTS) for sz in sizes(tr)
                    for c in (a.conns or CONNS) for st in (a.styles or STYLES)
-                   if tr != 'udp' or (st == 'protocol' and sz <= UDP_MAX)]
+                   if (tr != 'udp' or (st == 'protocol' and sz <= UDP_MAX)) and (tr != 'tls' or st in TLS_STYLES)]
         if not a.cases:
-            p.error('no case in that selection (UDP runs --styles protocol with sizes up to 65507)')
+            p.error('no case in that selection (UDP runs --styles protocol with sizes up to 65507, '
+                    'TLS --styles protocol,streams)')
     return a
 
 
@@ -90,7 +96,8 @@ def sample(a, case, loop):
     """One fresh server + one client run: the client's JSON (plus CPU percentages) or {'error'}."""
     style, transport, size, conns = case
     path = f'/tmp/ferroloop-echo-{os.getpid()}.sock'
-    where = {'unix': ['--unix', path], 'tcp': ['--tcp', '127.0.0.1:0'], 'udp': ['--udp', '127.0.0.1:0']}[transport]
+    where = {'unix': ['--unix', path], 'tcp': ['--tcp', '127.0.0.1:0'], 'udp': ['--udp', '127.0.0.1:0'],
+             'tls': ['--tls', '127.0.0.1:0', '--cert', a.cert, '--key', a.key]}[transport]
     if loop == CEILING:
         cmd = [str(RUST_SERVER)] + where
     else:
@@ -169,6 +176,8 @@ def main(argv=None):
     nb.FIFO = a.fifo
     if not a.no_build:
         build()
+    if any(case[1] == 'tls' for case in a.cases):
+        a.cert, a.key = nb.make_cert()
     versions, skipped = nb.probe_loops(a.python, a.loops)
     for loop, why in skipped.items():
         print(f'skipping {loop}: {why}', file=sys.stderr)

@@ -3,6 +3,7 @@
     python bench/echo/server.py --loop ferroloop --style protocol --tcp 127.0.0.1:0
     python bench/echo/server.py --loop uvloop --style sock --unix /tmp/echo.sock [--cpu 0]
     python bench/echo/server.py --loop rsloop --style protocol --udp 127.0.0.1:0
+    python bench/echo/server.py --loop asyncio --style streams --tls 127.0.0.1:0 --cert C.pem --key K.pem
 
 Styles (as in uvloop's examples/bench/echoserver.py):
   sock      loop.sock_accept + one task per connection doing loop.sock_recv / loop.sock_sendall
@@ -10,6 +11,10 @@ Styles (as in uvloop's examples/bench/echoserver.py):
   protocol  loop.create_server (create_unix_server) with a Protocol that writes back in data_received;
             with --udp, loop.create_datagram_endpoint with a DatagramProtocol that sends each
             datagram back to its sender in datagram_received (one server socket)
+  sink      (for echo-client --transfer) a Protocol that reads an 8-byte little-endian length,
+            swallows that many bytes and writes b"DONE"
+--tls serves TCP with ssl= (an ssl.SSLContext with --cert/--key) for the protocol, streams and sink
+styles.
 
 Prints "LISTENING tcp HOST:PORT", "LISTENING unix PATH" or "LISTENING udp HOST:PORT" on stdout when
 it accepts connections, then serves until killed. A loop that lacks the feature (NotImplementedError)
@@ -20,6 +25,7 @@ import argparse
 import asyncio
 import os
 import socket
+import ssl
 import sys
 from pathlib import Path
 
@@ -27,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/: the l
 from scenarios import LOOPS, server_loop  # noqa: E402
 
 RECV_SIZE = 256 * 1024  # bytes asked per read; larger than the largest message (100 KiB)
-STYLES = ('sock', 'streams', 'protocol')
+STYLES = ('sock', 'streams', 'protocol', 'sink')
 
 
 def nodelay(sock):
@@ -82,7 +88,7 @@ async def streams_server(loop, sock, ready):
     if sock.family == socket.AF_UNIX:
         server = await asyncio.start_unix_server(streams_client, sock=sock, limit=RECV_SIZE)
     else:
-        server = await asyncio.start_server(streams_client, sock=sock, limit=RECV_SIZE)
+        server = await asyncio.start_server(streams_client, sock=sock, limit=RECV_SIZE, ssl=SSL)
     ready()
     await forever(loop, server)
 
@@ -104,7 +110,7 @@ async def protocol_server(loop, sock, ready):
     if sock.family == socket.AF_UNIX:
         server = await loop.create_unix_server(EchoProtocol, sock=sock)
     else:
-        server = await loop.create_server(EchoProtocol, sock=sock)
+        server = await loop.create_server(EchoProtocol, sock=sock, ssl=SSL)
     ready()
     await forever(loop, server)
 
@@ -130,7 +136,42 @@ async def datagram_server(loop, sock, ready):
         transport.close()
 
 
-SERVERS = {'sock': sock_server, 'streams': streams_server, 'protocol': protocol_server}
+# --- sink (one-way transfer) ---------------------------------------------------------------------
+class SinkProtocol(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+        self.head = b''
+        self.want = None
+        self.got = 0
+
+    def connection_lost(self, exc):
+        self.transport = None
+
+    def data_received(self, data):
+        if self.want is None:
+            self.head += data
+            if len(self.head) < 8:
+                return
+            self.want = int.from_bytes(self.head[:8], 'little')
+            self.got = len(self.head) - 8
+            self.head = b''
+        else:
+            self.got += len(data)
+        if self.got >= self.want:
+            self.want = None
+            self.transport.write(b'DONE')
+
+
+async def sink_server(loop, sock, ready):
+    server = await loop.create_server(SinkProtocol, sock=sock, ssl=SSL)
+    ready()
+    await forever(loop, server)
+
+
+SSL = None  # the server's ssl.SSLContext with --tls
+
+
+SERVERS = {'sock': sock_server, 'streams': streams_server, 'protocol': protocol_server, 'sink': sink_server}
 
 
 def listening_socket(a):
@@ -149,11 +190,11 @@ def listening_socket(a):
         sock.bind(a.unix)
         shown = f'unix {a.unix}'
     else:
-        host, _, port = a.tcp.rpartition(':')
+        host, _, port = (a.tcp or a.tls).rpartition(':')
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, int(port)))
-        shown = 'tcp {}:{}'.format(*sock.getsockname())
+        shown = '{} {}:{}'.format('tls' if a.tls else 'tcp', *sock.getsockname())
     sock.listen(1024)
     return sock, shown
 
@@ -166,11 +207,20 @@ def main(argv=None):
     g.add_argument('--tcp', metavar='HOST:PORT')
     g.add_argument('--unix', metavar='PATH')
     g.add_argument('--udp', metavar='HOST:PORT', help='UDP echo (--style protocol only)')
+    g.add_argument('--tls', metavar='HOST:PORT', help='TCP + TLS (ssl=; needs --cert and --key)')
+    p.add_argument('--cert', help='--tls: certificate chain (PEM)')
+    p.add_argument('--key', help='--tls: private key (PEM)')
     p.add_argument('--cpu', type=int, help='pin this process to one CPU')
     a = p.parse_args(argv)
     if a.udp and a.style != 'protocol':
         p.error('--udp serves with --style protocol only')
+    if a.tls and (a.style == 'sock' or not (a.cert and a.key)):
+        p.error('--tls needs --cert and --key, and --style protocol, streams or sink')
     loop = server_loop(a.loop, a.cpu)
+    if a.tls:  # after the loop's import: rsloop records the certificate in load_cert_chain
+        global SSL
+        SSL = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        SSL.load_cert_chain(a.cert, a.key)
     sock, shown = listening_socket(a)
 
     def ready():

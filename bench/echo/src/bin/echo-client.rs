@@ -10,7 +10,15 @@
 //! server) sending one datagram and waiting for its echo; a datagram whose echo has not come back
 //! after `--resend-ms` is sent again (counted in "resent"; the latency still counts from the first
 //! send), and a stale echo of an earlier request is ignored (counted in "stale"), so a lost datagram
-//! cannot stall the client. After `--warmup` seconds the counters reset and the measurement runs
+//! cannot stall the client. With `--tls` each connection is TCP + TLS (the system OpenSSL; the
+//! handshake happens before the warm-up, without certificate verification, offering only the TLS 1.3
+//! suite `--ciphersuites`, so every server negotiates the same cipher; reported as "cipher").
+//!
+//!     echo-client (--tcp | --tls) HOST:PORT --transfer BYTES [--server-pid PID]
+//!
+//! One-way transfer: one connection sends an 8-byte little-endian length, then BYTES bytes in 256 KiB
+//! writes; the server answers "DONE" once it has them all. Prints bytes, seconds, MiB/s and the
+//! server's CPU seconds over that window. After `--warmup` seconds the counters reset and the measurement runs
 //! for `--duration` seconds (or until `--requests` echoes completed). Prints one JSON line:
 //! requests, seconds, req_per_s, latency percentiles p50/p90/p99/p99.9/max (µs, send start -> last
 //! echoed byte, from all samples of the window, sorted),
@@ -19,11 +27,13 @@
 //! `--busy-poll` polls epoll without sleeping (the client's CPU never idles, so waking it is cheap).
 //! On a wrong echo, a closed connection or no progress for `--timeout` s: {"error": ...}, exit 1.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
+
+use openssl::ssl::{ErrorCode, SslConnector, SslMethod, SslMode, SslStream, SslVerifyMode};
 
 use ferroloop_echo_bench::{json_str, parse_flags, read, set_nodelay, set_nonblocking, write, Addr, Epoll};
 
@@ -35,10 +45,11 @@ enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
     Udp(UdpSocket),
+    Tls(SslStream<TcpStream>),
 }
 
 struct Conn {
-    _stream: Stream,
+    stream: Stream,
     fd: RawFd,
     msg: Vec<u8>,
     seq: u64,
@@ -60,6 +71,8 @@ struct Opts {
     timeout: f64,
     resend: Duration,
     busy_poll: bool,
+    ciphersuites: String,
+    transfer: Option<u64>,
 }
 
 fn fail(msg: &str) -> ! {
@@ -71,7 +84,8 @@ fn fail(msg: &str) -> ! {
 fn usage() -> ! {
     eprintln!(
         "usage: echo-client (--tcp HOST:PORT | --unix PATH | --udp HOST:PORT) [--conns N] [--size BYTES] \
-         [--warmup S] [--duration S | --requests N] [--server-pid PID] [--timeout S] [--resend-ms MS] [--busy-poll]"
+         [--warmup S] [--duration S | --requests N] [--server-pid PID] [--timeout S] [--resend-ms MS] [--busy-poll] \
+         [--ciphersuites TLS13SUITES] | (--tcp | --tls) HOST:PORT --transfer BYTES [--server-pid PID]"
     );
     std::process::exit(2)
 }
@@ -93,6 +107,8 @@ fn parse() -> Opts {
         timeout: 10.0,
         resend: Duration::from_millis(100),
         busy_poll: false,
+        ciphersuites: "TLS_AES_256_GCM_SHA384".to_string(),
+        transfer: None,
     };
     let mut have_addr = false;
     for (k, v) in flags {
@@ -101,6 +117,9 @@ fn parse() -> Opts {
             "tcp" => (o.addr, have_addr) = (Addr::Tcp(v), true),
             "unix" => (o.addr, have_addr) = (Addr::Unix(v), true),
             "udp" => (o.addr, have_addr) = (Addr::Udp(v), true),
+            "tls" => (o.addr, have_addr) = (Addr::Tls(v), true),
+            "ciphersuites" => o.ciphersuites = v,
+            "transfer" => o.transfer = Some(num(&v) as u64),
             "resend-ms" => o.resend = Duration::from_secs_f64(num(&v) / 1e3),
             "conns" => o.conns = num(&v) as usize,
             "size" => o.size = num(&v) as usize,
@@ -136,8 +155,31 @@ fn self_cpu() -> f64 {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-fn connect(addr: &Addr) -> (Stream, RawFd) {
+fn tls_connector(o: &Opts) -> SslConnector {
+    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap_or_else(|e| fail(&format!("TLS: {e}")));
+    b.set_verify(SslVerifyMode::NONE); // the servers use a self-signed certificate made for the run
+    b.set_ciphersuites(&o.ciphersuites).unwrap_or_else(|e| fail(&format!("--ciphersuites: {e}")));
+    b.set_mode(SslMode::ACCEPT_MOVING_WRITE_BUFFER | SslMode::ENABLE_PARTIAL_WRITE);
+    b.build()
+}
+
+/// "TLSv1.3 TLS_AES_256_GCM_SHA384" of a TLS stream.
+fn tls_cipher(s: &SslStream<TcpStream>) -> String {
+    let ssl = s.ssl();
+    format!("{} {}", ssl.version_str(), ssl.current_cipher().map_or("?", |c| c.name()))
+}
+
+fn connect(addr: &Addr, tls: Option<&SslConnector>) -> (Stream, RawFd) {
     match addr {
+        Addr::Tls(a) => {
+            let s = TcpStream::connect(a).unwrap_or_else(|e| fail(&format!("connect {a}: {e}")));
+            set_nodelay(s.as_raw_fd()).unwrap();
+            let cfg = tls.unwrap().configure().unwrap().verify_hostname(false).use_server_name_indication(false);
+            // blocking handshake: connections are set up before the warm-up
+            let s = cfg.connect("localhost", s).unwrap_or_else(|e| fail(&format!("TLS handshake with {a}: {e}")));
+            let fd = s.get_ref().as_raw_fd();
+            (Stream::Tls(s), fd)
+        }
         Addr::Tcp(a) => {
             let s = TcpStream::connect(a).unwrap_or_else(|e| fail(&format!("connect {a}: {e}")));
             let fd = s.as_raw_fd();
@@ -169,10 +211,40 @@ fn stamp(c: &mut Conn) {
     c.msg[..k].copy_from_slice(&seq[..k]);
 }
 
+fn tls_err(e: openssl::ssl::Error) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+/// Reads what is there: `Ok(None)` when nothing is (EAGAIN, or TLS wants more bytes), `Ok(Some(0))` at EOF.
+fn stream_read(stream: &mut Stream, fd: RawFd, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+    match stream {
+        Stream::Tls(s) => match s.ssl_read(buf) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if matches!(e.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE) => Ok(None),
+            Err(e) if e.code() == ErrorCode::ZERO_RETURN => Ok(Some(0)),
+            Err(e) if e.code() == ErrorCode::SYSCALL && e.io_error().is_none() => Ok(Some(0)),
+            Err(e) => Err(tls_err(e)),
+        },
+        _ => read(fd, buf),
+    }
+}
+
+/// Writes what fits: the count, 0 when nothing fits now (EAGAIN, or TLS must wait).
+fn stream_write(stream: &mut Stream, fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
+    match stream {
+        Stream::Tls(s) => match s.ssl_write(buf) {
+            Ok(n) => Ok(n),
+            Err(e) if matches!(e.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE) => Ok(0),
+            Err(e) => Err(tls_err(e)),
+        },
+        _ => write(fd, buf),
+    }
+}
+
 /// Starts (or continues) sending the current message; arms EPOLLOUT while bytes remain.
 fn pump(ep: &Epoll, c: &mut Conn, token: u64) {
     if c.sent < c.msg.len() {
-        match write(c.fd, &c.msg[c.sent..]) {
+        match stream_write(&mut c.stream, c.fd, &c.msg[c.sent..]) {
             Ok(n) => c.sent += n,
             Err(e) => fail(&format!("send: {e}")),
         }
@@ -194,15 +266,64 @@ fn send_datagram(c: &mut Conn, now: Instant) {
     c.last_send = now;
 }
 
+/// `--transfer BYTES`: one blocking connection, length header, the bytes, wait for "DONE".
+fn transfer(o: &Opts, tls: Option<&SslConnector>, total: u64) {
+    let (mut stream, _) = connect(&o.addr, tls);
+    let mut chunk: Vec<u8> = (0..256 * 1024).map(|j| pattern(0, j)).collect();
+    let cipher = if let Stream::Tls(s) = &stream { tls_cipher(s) } else { String::from("none") };
+    let (srv0, cli0) = (o.server_pid.and_then(proc_cpu), self_cpu());
+    let t0 = Instant::now();
+    let sink: &mut dyn Write = match &mut stream {
+        Stream::Tls(s) => s,
+        Stream::Tcp(s) => s,
+        _ => fail("--transfer needs --tcp or --tls"),
+    };
+    sink.write_all(&total.to_le_bytes()).unwrap_or_else(|e| fail(&format!("send: {e}")));
+    let mut left = total;
+    while left > 0 {
+        let k = left.min(chunk.len() as u64) as usize;
+        chunk[0] ^= 1; // not the same bytes every time
+        sink.write_all(&chunk[..k]).unwrap_or_else(|e| fail(&format!("send: {e}")));
+        left -= k as u64;
+    }
+    sink.flush().unwrap();
+    let mut ack = [0u8; 4];
+    let got = match &mut stream {
+        Stream::Tls(s) => s.read_exact(&mut ack),
+        Stream::Tcp(s) => s.read_exact(&mut ack),
+        _ => unreachable!(),
+    };
+    got.unwrap_or_else(|e| fail(&format!("waiting for DONE: {e}")));
+    if &ack != b"DONE" {
+        fail(&format!("expected DONE, got {ack:?}"));
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let (srv1, cli1) = (o.server_pid.and_then(proc_cpu), self_cpu());
+    let mut out = format!(
+        "{{\"bytes\": {total}, \"seconds\": {secs:.6}, \"mib_per_s\": {:.1}, \"client_cpu_s\": {:.4}, \"cipher\": {}",
+        total as f64 / secs / 1048576.0,
+        cli1 - cli0,
+        json_str(&cipher)
+    );
+    if let (Some(a), Some(b)) = (srv0, srv1) {
+        out += &format!(", \"server_cpu_s\": {:.4}", b - a);
+    }
+    println!("{out}}}");
+}
+
 fn main() {
     let o = parse();
+    let connector = matches!(o.addr, Addr::Tls(_)).then(|| tls_connector(&o));
+    if let Some(total) = o.transfer {
+        return transfer(&o, connector.as_ref(), total);
+    }
     let mut ep = Epoll::new(1024).unwrap();
     let mut conns: Vec<Conn> = (0..o.conns)
         .map(|i| {
-            let (stream, fd) = connect(&o.addr);
+            let (stream, fd) = connect(&o.addr, connector.as_ref());
             set_nonblocking(fd).unwrap();
             Conn {
-                _stream: stream,
+                stream,
                 fd,
                 msg: (0..o.size).map(|j| pattern(i, j)).collect(),
                 seq: 0,
@@ -290,7 +411,7 @@ fn main() {
             }
             loop {
                 let want = c.msg.len() - c.recvd;
-                let n = match read(c.fd, &mut buf) {
+                let n = match stream_read(&mut c.stream, c.fd, &mut buf) {
                     Ok(Some(0)) => fail(&format!("connection {i}: server closed the connection")),
                     Ok(Some(n)) => n,
                     Ok(None) => break,
@@ -366,6 +487,9 @@ fn main() {
     );
     if udp {
         out += &format!(", \"resent\": {resent}, \"stale\": {stale}");
+    }
+    if let Some(Stream::Tls(t)) = conns.first().map(|c| &c.stream) {
+        out += &format!(", \"cipher\": {}", json_str(&tls_cipher(t)));
     }
     if let (Some(a), Some(b)) = (srv0, srv1) {
         let per = if done > 0 { (b - a) / done as f64 * 1e6 } else { 0.0 };
