@@ -63,6 +63,7 @@ def parse_args(argv):
     p.add_argument('--markdown', action='store_true', help='also print a Markdown report')
     p.add_argument('--out', type=Path, default=HERE / 'results', help='where the raw JSON goes')
     a = p.parse_args(argv)
+    a.cert = a.key = None  # made once per run when a TLS case is selected
     a.duration = a.duration or (2.0 if a.quick else 5.0)
     a.warmup = a.warmup if a.warmup is not None else (0.5 if a.quick else 1.0)
     srv, cli = nb.default_cpus()
