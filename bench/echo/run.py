@@ -172,6 +172,31 @@ def collect(a, loops):
     return samples, [case for case, _ in plan]
 
 
+def tls_cost_table(rows, markdown):
+    """For each TLS row with a plain-TCP row of the same style, size, connections and server: server
+    CPU per request over TLS / over plain TCP (what TLS costs on that loop; lower is better)."""
+    us = {(tuple(r['case']), r['loop']): r['server_cpu_us_per_req'] for r in rows}
+    head = ['style', 'size', 'conns', 'loop', 'tcp µs/req', 'tls µs/req', 'tls / tcp']
+    body = []
+    for r in rows:
+        st, tr, sz, c = r['case']
+        if tr != 'tls':
+            continue
+        tcp = us.get(((st, 'tcp', sz, c), r['loop']))
+        tls = r['server_cpu_us_per_req']
+        if tcp and tls:
+            body.append([r['case_cells'][0], size_label(sz), str(c), r['loop'], nb.fmt_num(tcp, 1), nb.fmt_num(tls, 1),
+                         f'{tls / tcp:.2f}x'])
+    if not body:
+        return
+    caption = '\nTLS cost: server CPU per request over TLS / over plain TCP, same loop and case (lower is better):\n'
+    print(caption)
+    print(nb.plain_table(head, body, left=4, note=False))
+    if markdown:
+        print(caption)
+        print(nb.markdown_table(head, body, left=4, note=False))
+
+
 def main(argv=None):
     a = parse_args(argv)
     nb.FIFO = a.fifo
@@ -210,6 +235,7 @@ def main(argv=None):
                  'srv CPU µs/req: server CPU time (user+sys) per request (lower is better); '
                  'vs: ratio of req/s.\n')
     nb.print_report(rows, ['style', 'transport', 'size', 'conns'], path, intro, ceiling=not a.no_ceiling)
+    tls_cost_table(rows, a.markdown)
     failed = [r for r in rows if r['req_per_s'] is None and r['loop'] in ('ferroloop', CEILING)]
     return 1 if failed else 0
 
