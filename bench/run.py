@@ -19,13 +19,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from scenarios import LOOPS, SCENARIOS  # noqa: E402
+from scenarios import EXTRA_LOOPS, LOOPS, SCENARIOS  # noqa: E402
 
 sys.path.insert(0, str(HERE / 'echo'))
 from netbench import machine  # noqa: E402  (one description of the machine for every bench)
 
 WORKER = str(HERE / 'scenarios.py')
-BASELINES = ('asyncio', 'uvloop', 'rloop', 'rsloop')  # the ratio columns: loop / baseline
+BASELINES = ('asyncio', 'uvloop', 'rloop', 'rsloop', 'ferroloop')  # the ratio columns: loop / baseline
 
 
 def csv_list(choices):
@@ -40,7 +40,8 @@ def csv_list(choices):
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--loops', type=csv_list(LOOPS), default=list(LOOPS), help='comma-separated subset')
+    p.add_argument('--loops', type=csv_list(LOOPS + EXTRA_LOOPS), default=list(LOOPS),
+                   help='comma-separated subset (ferroloop-timed: ferroloop with enable_timing on)')
     p.add_argument('--scenarios', type=csv_list(list(SCENARIOS)), default=list(SCENARIOS),
                    help='comma-separated subset')
     p.add_argument('--reps', type=int, help='samples per scenario and loop (default 5, --quick 3)')
@@ -215,7 +216,9 @@ def main(argv=None):
 
     samples = collect(a, loops)
     rows = summarize(samples)
-    baselines = [b for b in BASELINES if b in loops]
+    # 'vs ferroloop' only when ferroloop-timed is measured beside it (the cost of timing)
+    baselines = [b for b in BASELINES if b in loops
+                 and (b != 'ferroloop' or 'ferroloop-timed' in loops)]
     head, body = table_cells(rows + (geomean_rows(rows, loops) if baselines else []), baselines)
     print(plain_table(head, body))
     for r in rows:

@@ -19,12 +19,20 @@ import threading
 import time
 
 LOOPS = ('asyncio', 'uvloop', 'rloop', 'rsloop', 'ferroloop')
+# Not run by default: ferroloop with its opt-in telemetry timing on (`--loops ferroloop,ferroloop-timed`
+# measures what `ferroloop.enable_timing` costs).
+EXTRA_LOOPS = ('ferroloop-timed',)
 
 
 def new_loop(name):
     """A new loop of the named kind; ImportError if its package is missing."""
     if name == 'asyncio':
         return asyncio.new_event_loop()  # the default policy's loop: the selector loop on Linux
+    if name == 'ferroloop-timed':
+        ferroloop = importlib.import_module('ferroloop')
+        loop = ferroloop.new_event_loop()
+        ferroloop.enable_timing(loop)
+        return loop
     return importlib.import_module(name).new_event_loop()
 
 
@@ -41,6 +49,8 @@ def server_loop(name, cpu=None):
 def loop_version(name):
     if name == 'asyncio':
         return sys.version.split()[0]
+    if name == 'ferroloop-timed':
+        return loop_version('ferroloop') + ' (timing on)'
     version = importlib.metadata.version(name)
     if name == 'ferroloop':  # a debug build would make every number meaningless: show it
         version += ' ' + importlib.import_module(name).BUILD_PROFILE
@@ -298,9 +308,9 @@ def measure(scenario, loop_name, scale):
 def main(argv):
     import argparse
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--probe', metavar='LOOP', choices=LOOPS)
+    p.add_argument('--probe', metavar='LOOP', choices=LOOPS + EXTRA_LOOPS)
     p.add_argument('scenario', nargs='?', choices=SCENARIOS)
-    p.add_argument('loop', nargs='?', choices=LOOPS)
+    p.add_argument('loop', nargs='?', choices=LOOPS + EXTRA_LOOPS)
     p.add_argument('--scale', type=float, default=1.0)
     p.add_argument('--cpu', type=int, help='pin this process to that CPU')
     a = p.parse_args(argv)
