@@ -23,8 +23,6 @@ from netutil import Harness
 MiB = 1 << 20
 FAMILIES = [pytest.param(socket.AF_INET, id='tcp'), pytest.param(socket.AF_UNIX, id='unix')]
 
-pytestmark = pytest.mark.timeout(60)
-
 
 # -- EMFILE while accepting: pause, retry, resume, no busy loop ---------------------------------
 

@@ -20,7 +20,6 @@ import pytest
 
 from conftest import run_script
 
-pytestmark = pytest.mark.timeout(60)
 
 MAIN_TID = threading.main_thread().ident
 
