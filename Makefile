@@ -80,7 +80,7 @@ test-memcheck: .venv/$(MEMCHECK_V)/.built ## the core's cargo tests and the loop
 	command -v valgrind >/dev/null || { apt-get update -q && apt-get install -y -q valgrind; }
 	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$(VALGRIND)" cargo test -q -p ferroloop-core
 	PYTHONMALLOC=malloc $(VALGRIND) .venv/$(MEMCHECK_V)/bin/python -m pytest -q -k ferroloop \
-	  -o timeout=1200 $(addprefix tests/,$(addsuffix .py,$(MEMCHECK_TESTS)))
+	  -o timeout=1200 $(wildcard $(addprefix tests/,$(addsuffix .py,$(MEMCHECK_TESTS))))
 
 SECONDS ?= 600
 .PHONY: soak test-soak

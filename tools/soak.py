@@ -335,7 +335,10 @@ def main():
         'fds': {'first': s[0][2], 'last': s[-1][2], 'max': max(x[2] for x in s),
                 'before_servers': soak.fds_before, 'after_shutdown': soak.fds_after},
         'second_half_growth': {
+            'rss_mib_first_last': None if rss[2] is None else [round(rss[0] / 2**20, 2),
+                                                               round(rss[1] / 2**20, 2)],
             'rss_pct': None if rss[2] is None else round(100 * rss[2], 2),
+            'fds_first_last': None if fds[2] is None else [fds[0], fds[1]],
             'fds_pct': None if fds[2] is None else round(100 * fds[2], 2)},
         'errors': soak.errors,
     }
