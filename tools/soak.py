@@ -362,7 +362,8 @@ def main():
     print(text)
     if args.json:
         with open(args.json, 'w') as f:
-            f.write(text + '\n')
+            json.dump(dict(summary, samples=[[round(t, 1), r, n] for t, r, n in s]), f)
+            f.write('\n')
     sys.exit(1 if failures else 0)
 
 
