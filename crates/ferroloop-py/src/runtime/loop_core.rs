@@ -41,6 +41,10 @@ pub(super) const WAKER_TOKEN: u64 = u64::MAX;
 /// Poller token of the signal wake-up pipe.
 pub(super) const SIGNAL_TOKEN: u64 = u64::MAX - 1;
 
+/// Ready-queue length above which `call_soon_threadsafe` releases the GIL once before returning
+/// (see there): far above any backlog a loop that keeps up has, so the usual call never pays it.
+const THREADSAFE_YIELD_READY: usize = 65536;
+
 #[pyclass(frozen, subclass, module = "ferroloop._ferroloop")]
 pub struct LoopCore {
     pub(super) ready: GilCell<ReadyQueue<Py<Handle>>>,
@@ -162,8 +166,18 @@ impl LoopCore {
         args: Py<PyTuple>,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
         let handle = Self::schedule_soon(slf, callback, args, context, "call_soon_threadsafe")?;
-        slf.get().waker.wake();
+        let this = slf.get();
+        this.waker.wake();
+        // Producer threads far ahead of the loop: hand the GIL over. asyncio's version releases
+        // the GIL on every call (its self-pipe write is a socket send); this one makes no
+        // system call while the loop is awake, so without this, threads calling in a tight
+        // loop kept the GIL for whole switch intervals and queued handles faster than the loop
+        // ran them: the queue grew without bound and the loop fell ever further behind.
+        if this.ready.with(py, |r| r.len() >= THREADSAFE_YIELD_READY)? {
+            py.detach(std::thread::yield_now);
+        }
         Ok(handle)
     }
 
