@@ -207,3 +207,24 @@ def test_remove_reader_negative_fd(loop, method):
     with pytest.raises(ValueError) as exc:
         getattr(loop, method)(-1)
     assert str(exc.value) == 'Invalid file descriptor: -1'
+
+
+# -- handles and the cyclic collector ----------------------------------------------------------------
+
+def test_ferroloop_handles_are_not_tracked_by_the_collector():
+    # A design property (docs/architecture.md "Handles"): collections never walk pending handles,
+    # which is what keeps a burst of 100k+ call_soon/call_soon_threadsafe cheap. PyO3 gives every
+    # pyclass the GC flag, so this guards the explicit untracking.
+    import ferroloop
+    lp = ferroloop.new_event_loop()
+    try:
+        handles = [lp.call_soon(print), lp.call_later(60, print), lp.call_at(1e9, print)]
+        for _ in range(300):                  # past the handle pool and the context threshold
+            handles.append(lp.call_soon(print))
+        lp.add_reader(0, print)
+        reader = lp._selector.get_key(0).data[0]
+        for h in handles + [reader]:
+            assert not gc.is_tracked(h), h
+        lp.remove_reader(0)
+    finally:
+        lp.close()

@@ -105,6 +105,23 @@ impl Released {
     }
 }
 
+/// `h`, no longer tracked by the cyclic garbage collector (see the module docs). PyO3 gives
+/// every pyclass the GC flag and tracks each new instance; a handle is only ever reachable
+/// through the loop, whose traversal reports what the handles only it holds reference
+/// (`Handle::traverse_owned`).
+fn untracked<T>(h: Py<T>) -> Py<T> {
+    // SAFETY: `h` is a live object of a GC type (PyO3 sets Py_TPFLAGS_HAVE_GC on every
+    // pyclass); untracking a tracked object is always allowed, and its deallocation (PyO3's
+    // tp_dealloc) untracks again only if tracked.
+    unsafe {
+        let p = h.as_ptr();
+        if ffi::PyObject_GC_IsTracked(p) != 0 {
+            ffi::PyObject_GC_UnTrack(p.cast());
+        }
+    }
+    h
+}
+
 /// Release a handle's context (an owned reference).
 ///
 /// # Safety
@@ -345,7 +362,7 @@ impl Handle {
         let h = Self::build(py, callback, args, context, loop_, f64::NAN, false, untrack)?;
         // Fills `recycle`'s cache before the first handle can reach it.
         handle_type(py);
-        Py::new(py, h)
+        Py::new(py, h).map(untracked)
     }
 
     pub(crate) fn new_io(
@@ -356,7 +373,7 @@ impl Handle {
     ) -> PyResult<Py<Handle>> {
         let mut h = Self::build(py, callback, args, None, loop_, f64::NAN, false, true)?;
         h.persistent = true;
-        Py::new(py, h)
+        Py::new(py, h).map(untracked)
     }
 
     pub(crate) fn new_timer(
@@ -368,7 +385,7 @@ impl Handle {
         loop_: &Bound<'_, LoopCore>,
     ) -> PyResult<Py<TimerHandle>> {
         let base = Self::build(py, callback, args, context, loop_, when, true, true)?;
-        Py::new(py, PyClassInitializer::from(base).add_subclass(TimerHandle))
+        Py::new(py, PyClassInitializer::from(base).add_subclass(TimerHandle)).map(untracked)
     }
 
     /// The loop thread let go of a handle that ran (or was found cancelled): keep it for reuse
@@ -593,11 +610,21 @@ impl Handle {
         let Some(d) = h.get().data.peek() else {
             return Ok(());
         };
+        // Skipped without being touched (a collection over a large queue is memory-bound): the
+        // handle's own untracked context copy, which the collector would ignore anyway, and
+        // empty argument tuples (the shared, untracked `()`).
         visit.call(&d.callback)?;
-        visit.call(&d.args)?;
-        visit.call(&d.repr)?;
-        visit.call(&d.context)?;
+        if let Some(args) = &d.args {
+            // SAFETY: `args` is a live tuple owned by the handle; reading its size is valid.
+            if unsafe { ffi::PyTuple_GET_SIZE(args.as_ptr()) } != 0 {
+                visit.call(args)?;
+            }
+        }
+        if !d.ctx_untracked {
+            visit.call(&d.context)?;
+        }
         visit.call(&d.loop_)?;
+        visit.call(&d.repr)?;
         visit.call(&d.source_traceback)
     }
 }
