@@ -215,16 +215,21 @@ def test_ferroloop_handles_are_not_tracked_by_the_collector():
     # A design property (docs/architecture.md "Handles"): collections never walk pending handles,
     # which is what keeps a burst of 100k+ call_soon/call_soon_threadsafe cheap. PyO3 gives every
     # pyclass the GC flag, so this guards the explicit untracking.
+    import socket
+
     import ferroloop
     lp = ferroloop.new_event_loop()
+    a, b = socket.socketpair()
     try:
         handles = [lp.call_soon(print), lp.call_later(60, print), lp.call_at(1e9, print)]
         for _ in range(300):                  # past the handle pool and the context threshold
             handles.append(lp.call_soon(print))
-        lp.add_reader(0, print)
-        reader = lp._selector.get_key(0).data[0]
+        lp.add_reader(a, print)
+        reader = lp._selector.get_key(a).data[0]
         for h in handles + [reader]:
             assert not gc.is_tracked(h), h
-        lp.remove_reader(0)
+        lp.remove_reader(a)
     finally:
         lp.close()
+        a.close()
+        b.close()
