@@ -28,6 +28,7 @@ from asyncio import unix_events as _unix_events
 from asyncio.futures import isfuture as _isfuture
 
 from . import _ferroloop
+from . import _datagram
 from . import _transports
 
 __all__ = ('Loop',)
@@ -241,6 +242,8 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
     # Socket transports whose per-message path is Rust (ferroloop/_transports.py).
     _make_socket_transport = _transports.make_socket_transport
     _make_ssl_transport = _transports.make_ssl_transport
+    # Datagram transports whose per-datagram path is Rust (ferroloop/_datagram.py).
+    _make_datagram_transport = _datagram.make_datagram_transport
 
     def __del__(self, _warn=warnings.warn):
         if not self.is_closed():

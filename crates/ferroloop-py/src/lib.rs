@@ -11,6 +11,7 @@
 //! - [`iteration`] — one loop iteration (`_run_once`): timers, polling, running the ready batch.
 //! - [`transport`] — `SocketPump`: the per-message path of socket transports (read →
 //!   `data_received`, `write` straight to the socket); asyncio's transport class does the rest.
+//! - [`datagram`]  — `DatagramPump`: the per-datagram path of datagram transports.
 //! - [`sockio`]    — recv/send with the `socket` module's results and errors.
 //! - [`sockops`]   — `sock_recv`/`sock_sendall`: the attempt, the wait and the clean-up.
 //! - [`helpers`]   — the Python helpers (in `ferroloop._handles`) used on slow paths, so error
@@ -21,6 +22,8 @@
 
 use pyo3::prelude::*;
 
+#[path = "transports/datagram.rs"]
+mod datagram;
 mod gil;
 mod handle;
 mod helpers;
@@ -50,6 +53,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     slots::install(m.py())?;
     m.add_class::<transport::SocketPump>()?;
     m.add_class::<sockops::SockOp>()?;
+    m.add_class::<datagram::DatagramPump>()?;
     m.add_function(wrap_pyfunction!(sockops::sock_recv, m)?)?;
     m.add_function(wrap_pyfunction!(sockops::sock_sendall, m)?)?;
     Ok(())
