@@ -298,8 +298,11 @@ def test_unix_burst_10000_through_eagain_in_order(loop, errors):
             assert cli.calls.count('pause') == 1
             await srv.wait(N, timeout=30)
             assert [dd for dd, _ in srv.data] == msgs
-            assert cli.calls.count('resume') == 1
-            assert cli.calls.index('pause') < cli.calls.index('resume')
+            if not HEADER:
+                # (3.13.0 adds 8 bytes per buffered datagram but subtracts only the data when it
+                # is sent, so the size never falls back to the low-water mark: no resume there)
+                assert cli.calls.count('resume') == 1
+                assert cli.calls.index('pause') < cli.calls.index('resume')
             ct.close()
             st.close()
             await asyncio.gather(cli.lost, srv.lost)
