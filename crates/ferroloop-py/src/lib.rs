@@ -12,6 +12,7 @@
 //! - [`transport`] — `SocketPump`: the per-message path of socket transports (read →
 //!   `data_received`, `write` straight to the socket); asyncio's transport class does the rest.
 //! - [`datagram`]  — `DatagramPump`: the per-datagram path of datagram transports.
+//! - [`process`]   — `PidfdWatch`: a child's exit through a pidfd in the loop's poller.
 //! - [`sockio`]    — recv/send with the `socket` module's results and errors.
 //! - [`sockops`]   — `sock_recv`/`sock_sendall`: the attempt, the wait and the clean-up.
 //! - [`helpers`]   — the Python helpers (in `ferroloop._handles`) used on slow paths, so error
@@ -30,6 +31,8 @@ mod helpers;
 mod io;
 mod iteration;
 mod loop_core;
+#[path = "transports/process.rs"]
+mod process;
 mod slots;
 mod sockio;
 mod sockops;
@@ -54,6 +57,8 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transport::SocketPump>()?;
     m.add_class::<sockops::SockOp>()?;
     m.add_class::<datagram::DatagramPump>()?;
+    m.add_class::<process::PidfdWatch>()?;
+    m.add_function(wrap_pyfunction!(process::pidfd_supported, m)?)?;
     m.add_function(wrap_pyfunction!(sockops::sock_recv, m)?)?;
     m.add_function(wrap_pyfunction!(sockops::sock_sendall, m)?)?;
     Ok(())

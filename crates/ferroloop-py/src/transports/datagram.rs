@@ -61,7 +61,7 @@ thread_local! {
 }
 
 /// The OSError CPython raises for `errno` (its own message text).
-fn os_error(py: Python<'_>, errno: i32) -> PyErr {
+pub(crate) fn os_error(py: Python<'_>, errno: i32) -> PyErr {
     // SAFETY: GIL held; errno is thread-local. PyErr_SetFromErrno reads it and sets the
     // exception, which fetch takes.
     unsafe {
