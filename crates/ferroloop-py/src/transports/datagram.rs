@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 
 use ferroloop_core::dgram::{AddrCache, RawAddr, UnixPath};
 use ferroloop_core::sys::dgram::{self as sys, Outcome};
-use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::ffi;
 use pyo3::gc::PyVisit;
 use pyo3::intern;
@@ -36,6 +36,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 use pyo3::PyTraverseError;
 
+use super::fatal_error;
+use crate::errors;
 use crate::gil::GilCell;
 
 const READ_FAILED: &str = "Fatal read error on datagram transport";
@@ -58,21 +60,6 @@ const SEND_UNNAMED_PEER: u8 = 2; // connected to an unnamed peer (socketpair): s
 thread_local! {
     /// Where `recvfrom` lands before the bytes object is made: one per thread.
     static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-/// The OSError CPython raises for `errno` (its own message text).
-pub(crate) fn os_error(py: Python<'_>, errno: i32) -> PyErr {
-    // SAFETY: GIL held; errno is thread-local. PyErr_SetFromErrno reads it and sets the
-    // exception, which fetch takes.
-    unsafe {
-        *libc::__errno_location() = errno;
-        ffi::PyErr_SetFromErrno(ffi::PyExc_OSError);
-    }
-    PyErr::fetch(py)
-}
-
-fn is_exit(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
 }
 
 /// The address object the socket module builds for `addr` (`None`: a family it does not know;
@@ -155,29 +142,19 @@ fn ntop6(ip: &[u8; 16]) -> String {
 #[pyclass(module = "ferroloop._ferroloop", frozen)]
 pub struct DatagramPump {
     /// The Python transport; `None` once the garbage collector broke the cycle.
-    transport: GilCell<Option<PyObject>>,
+    transport: GilCell<Option<Py<PyAny>>>,
     fd: i32,
     /// The transport's `_address` (`remote_addr`), compared by identity in `sendto`.
-    address: PyObject,
+    address: Py<PyAny>,
     send_mode: AtomicU8,
     /// Address objects built for received datagrams, by raw address and by identity.
-    cache: GilCell<AddrCache<PyObject>>,
+    cache: GilCell<AddrCache<Py<PyAny>>>,
 }
 
 impl DatagramPump {
     fn transport<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
         self.transport
             .with(py, |t| t.as_ref().map(|t| t.clone_ref(py).into_bound(py)))
-    }
-
-    /// asyncio's `_fatal_error(exc, message)`; SystemExit and KeyboardInterrupt propagate.
-    fn fatal(tr: &Bound<'_, PyAny>, err: PyErr, message: &str) -> PyResult<()> {
-        let py = tr.py();
-        if is_exit(py, &err) {
-            return Err(err);
-        }
-        tr.call_method1(intern!(py, "_fatal_error"), (err.into_value(py), message))?;
-        Ok(())
     }
 
     /// The (cached) address object for `raw`.
@@ -261,7 +238,7 @@ impl DatagramPump {
 impl DatagramPump {
     #[new]
     #[pyo3(signature = (transport, fd, address, send_mode))]
-    fn new(transport: PyObject, fd: i32, address: PyObject, send_mode: u8) -> PyResult<Self> {
+    fn new(transport: Py<PyAny>, fd: i32, address: Py<PyAny>, send_mode: u8) -> PyResult<Self> {
         if send_mode > SEND_UNNAMED_PEER {
             return Err(PyValueError::new_err("send_mode must be 0, 1 or 2"));
         }
@@ -316,12 +293,12 @@ impl DatagramPump {
                 Ok(Outcome::Interrupted) => {
                     // socket.recvfrom runs the signal handlers and retries (PEP 475).
                     if let Err(err) = py.check_signals() {
-                        return Self::fatal(&tr, err, READ_FAILED);
+                        return fatal_error(&tr, err, READ_FAILED);
                     }
                     continue;
                 }
                 Err(e) => {
-                    let exc = os_error(py, e.raw_os_error().unwrap_or(libc::EIO));
+                    let exc = errors::from_errno(py, e.raw_os_error().unwrap_or(libc::EIO));
                     let value = exc.into_value(py);
                     return Self::call_protocol(
                         &tr,
@@ -332,7 +309,7 @@ impl DatagramPump {
             };
             let addr = match self.addr_object(py, &raw) {
                 Ok(a) => a,
-                Err(err) => return Self::fatal(&tr, err, READ_FAILED),
+                Err(err) => return fatal_error(&tr, err, READ_FAILED),
             };
             Self::call_protocol(
                 &tr,
@@ -361,7 +338,7 @@ impl DatagramPump {
         };
         let none = py.None().into_bound(py);
         let addr = addr.unwrap_or(&none);
-        if let Ok(bytes) = data.downcast_exact::<PyBytes>() {
+        if let Ok(bytes) = data.cast_exact::<PyBytes>() {
             let b = bytes.as_bytes();
             if !b.is_empty()
                 && !tr.getattr(intern!(py, "_conn_lost"))?.is_truthy()?
@@ -375,11 +352,11 @@ impl DatagramPump {
                         Some(Ok(Outcome::WouldBlock)) => break,
                         Some(Ok(Outcome::Interrupted)) => {
                             if let Err(err) = py.check_signals() {
-                                return Self::fatal(&tr, err, WRITE_FAILED);
+                                return fatal_error(&tr, err, WRITE_FAILED);
                             }
                         }
                         Some(Err(e)) => {
-                            let exc = os_error(py, e.raw_os_error().unwrap_or(libc::EIO));
+                            let exc = errors::from_errno(py, e.raw_os_error().unwrap_or(libc::EIO));
                             let value = exc.into_value(py);
                             return Self::call_protocol(
                                 &tr,
@@ -405,7 +382,7 @@ impl DatagramPump {
     }
 
     fn __clear__(&self) {
-        Python::with_gil(|py| {
+        Python::attach(|py| {
             let old = self.transport.with(py, |t| t.take()).ok().flatten();
             drop(old);
             let cached = self.cache.with(py, |c| c.take_all()).ok();

@@ -17,7 +17,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use pyo3::PyTraverseError;
 
-use crate::datagram::os_error;
+use crate::errors;
 use crate::gil::GilCell;
 
 /// Whether pidfds work here (asyncio's `can_use_pidfd`).
@@ -30,7 +30,7 @@ pub fn pidfd_supported() -> bool {
 pub struct PidfdWatch {
     watch: ChildWatch,
     /// (loop, callback, args); `None` once delivered or cleared by the GC.
-    target: GilCell<Option<(PyObject, PyObject, Py<PyTuple>)>>,
+    target: GilCell<Option<(Py<PyAny>, Py<PyAny>, Py<PyTuple>)>>,
     done: AtomicBool,
 }
 
@@ -39,13 +39,13 @@ impl PidfdWatch {
     #[new]
     fn new(
         py: Python<'_>,
-        loop_: PyObject,
+        loop_: Py<PyAny>,
         pid: libc::pid_t,
-        callback: PyObject,
+        callback: Py<PyAny>,
         args: Py<PyTuple>,
     ) -> PyResult<Self> {
         let watch = ChildWatch::open(pid)
-            .map_err(|e| os_error(py, e.raw_os_error().unwrap_or(libc::EIO)))?;
+            .map_err(|e| errors::from_errno(py, e.raw_os_error().unwrap_or(libc::EIO)))?;
         Ok(PidfdWatch {
             watch,
             target: GilCell::new(Some((loop_, callback, args))),
@@ -88,7 +88,12 @@ impl PidfdWatch {
                 )?;
                 255
             }
-            Err(e) => return Err(os_error(py, e.raw_os_error().unwrap_or(libc::EIO))),
+            Err(e) => {
+                return Err(errors::from_errno(
+                    py,
+                    e.raw_os_error().unwrap_or(libc::EIO),
+                ))
+            }
         };
         self.done.store(true, Relaxed);
         let Some((lp, callback, args)) = self.target.with(py, |t| t.take())? else {
@@ -128,7 +133,7 @@ impl PidfdWatch {
     }
 
     fn __clear__(&self) {
-        Python::with_gil(|py| {
+        Python::attach(|py| {
             let old = self.target.with(py, |t| t.take()).ok().flatten();
             drop(old);
         });

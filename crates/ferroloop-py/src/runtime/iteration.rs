@@ -15,13 +15,13 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use ferroloop_core::timeout::Wait;
-use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
 
-use crate::handle::Handle;
+use super::handle::Handle;
+use super::io;
+use super::loop_core::{LoopCore, SIGNAL_TOKEN, WAKER_TOKEN};
+use crate::errors;
 use crate::helpers;
-use crate::io;
-use crate::loop_core::{LoopCore, SIGNAL_TOKEN, WAKER_TOKEN};
 
 fn is_cancelled(h: &Py<Handle>) -> bool {
     h.get().is_cancelled()
@@ -139,7 +139,7 @@ fn poll(slf: &Bound<'_, LoopCore>, mut wait: Wait) -> PyResult<()> {
     // Room for every registered fd plus the waker and the signal pipe.
     let max_events = this.io.with(py, |r| r.len())? + 2;
     let selector = &this.selector;
-    let result = py.allow_threads(|| selector.select(&mut events, timeout, max_events));
+    let result = py.detach(|| selector.select(&mut events, timeout, max_events));
     let mut woken = false;
     let mut signalled = false;
     let mut io_events = 0;
@@ -170,9 +170,6 @@ fn poll(slf: &Bound<'_, LoopCore>, mut wait: Wait) -> PyResult<()> {
         Ok(()) if signalled => py.check_signals(),
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => py.check_signals(),
-        Err(e) => Err(PyOSError::new_err((
-            e.raw_os_error().unwrap_or(0),
-            e.to_string(),
-        ))),
+        Err(e) => Err(errors::from_io(py, e)),
     }
 }
