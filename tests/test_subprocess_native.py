@@ -230,8 +230,11 @@ def test_no_watcher_thread_on_ferroloop(loop, flavor, errors):
     assert errors == []
 
 
-class MyWatcher(asyncio.ThreadedChildWatcher):
-    pass
+with warnings.catch_warnings():
+    warnings.simplefilter('ignore', DeprecationWarning)   # 3.12+: child watchers are deprecated
+
+    class MyWatcher(asyncio.ThreadedChildWatcher):
+        pass
 
 
 def test_explicit_child_watcher_is_used(loop, flavor, errors):
