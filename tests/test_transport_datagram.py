@@ -501,3 +501,24 @@ def test_unclosed_transport_warns(loop, flavor):
     assert any(issubclass(x.category, ResourceWarning) and 'unclosed transport' in str(x.message)
                for x in w), [str(x.message) for x in w]
     assert tsock.fileno() == -1   # the transport closed its socket when collected
+
+
+def test_system_exit_in_datagram_received_propagates(loop, errors):
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+
+    class Exit(Rec):
+        def datagram_received(self, data, addr):
+            super().datagram_received(data, addr)
+            raise SystemExit(3)
+
+    p = Exit(loop)
+    t, _ = run(loop, loop.create_datagram_endpoint(lambda: p, sock=a))
+    b.send(b'one')
+    b.send(b'two')
+    with pytest.raises(SystemExit):
+        loop.run_forever()
+    assert [d for d, _ in p.data] == [b'one']
+    assert errors == []
+    t.close()
+    run(loop, p.lost)
+    b.close()
