@@ -55,16 +55,14 @@ impl RawAddr {
         self.len = len.min(Self::CAPACITY as libc::socklen_t);
     }
 
-    /// Copy `len` bytes of a sockaddr at `src`.
-    ///
-    /// `src` must point at `len` readable bytes.
-    pub fn copy_from(&mut self, src: *const u8, len: libc::socklen_t) {
-        let n = (len as usize).min(Self::CAPACITY);
-        // SAFETY: the caller promises `len` readable bytes at `src`; we copy at most CAPACITY
-        // into our own storage, which does not overlap it.
+    /// Copy a sockaddr given as its bytes (at most `CAPACITY` of them are kept).
+    pub fn copy_from(&mut self, bytes: &[u8]) {
+        let n = bytes.len().min(Self::CAPACITY);
+        // SAFETY: `bytes` has `n` readable bytes; our storage has CAPACITY ≥ n writable bytes
+        // and does not overlap a shared slice.
         unsafe {
             std::ptr::copy_nonoverlapping(
-                src,
+                bytes.as_ptr(),
                 (&mut self.storage as *mut libc::sockaddr_storage).cast::<u8>(),
                 n,
             )
@@ -223,16 +221,21 @@ impl<V> AddrCache<V> {
 mod tests {
     use super::*;
 
+    /// The first `len` bytes of a sockaddr struct.
+    fn bytes_of<T>(v: &T, len: usize) -> &[u8] {
+        assert!(len <= std::mem::size_of::<T>());
+        // SAFETY: `v` is a live, initialised value of at least `len` bytes (asserted).
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), len) }
+    }
+
     fn v4(a: [u8; 4], port: u16) -> RawAddr {
+        // SAFETY: sockaddr_in is plain old data; all-zero is valid.
         let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
         sin.sin_family = libc::AF_INET as libc::sa_family_t;
         sin.sin_port = port.to_be();
         sin.sin_addr.s_addr = u32::from_ne_bytes(a);
         let mut r = RawAddr::default();
-        r.copy_from(
-            &sin as *const _ as *const u8,
-            std::mem::size_of_val(&sin) as u32,
-        );
+        r.copy_from(bytes_of(&sin, std::mem::size_of_val(&sin)));
         r
     }
 
@@ -244,18 +247,19 @@ mod tests {
         assert_eq!(a.inet6(), None);
         assert_eq!(RawAddr::default().family(), libc::AF_UNSPEC);
 
+        // SAFETY: sockaddr_un is plain old data; all-zero is valid.
         let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
         sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
         for (i, b) in b"/tmp/x".iter().enumerate() {
             sun.sun_path[i] = *b as libc::c_char;
         }
         let mut u = RawAddr::default();
-        u.copy_from(&sun as *const _ as *const u8, 2 + 7);
+        u.copy_from(bytes_of(&sun, 2 + 7));
         assert_eq!(u.unix_path(), Some(UnixPath::Path(b"/tmp/x")));
         sun.sun_path[0] = 0;
-        u.copy_from(&sun as *const _ as *const u8, 2 + 6);
+        u.copy_from(bytes_of(&sun, 2 + 6));
         assert_eq!(u.unix_path(), Some(UnixPath::Abstract(b"\0tmp/x")));
-        u.copy_from(&sun as *const _ as *const u8, 2);
+        u.copy_from(bytes_of(&sun, 2));
         assert_eq!(u.unix_path(), Some(UnixPath::Path(b"")));
     }
 

@@ -79,6 +79,13 @@ pub fn sendto(fd: RawFd, data: &[u8], addr: &RawAddr) -> io::Result<Outcome<usiz
 mod tests {
     use super::*;
 
+    /// The first `len` bytes of a sockaddr struct.
+    fn bytes_of<T>(v: &T, len: usize) -> &[u8] {
+        assert!(len <= std::mem::size_of::<T>());
+        // SAFETY: `v` is a live, initialised value of at least `len` bytes (asserted).
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), len) }
+    }
+
     fn dgram_pair() -> (RawFd, RawFd) {
         let mut fds = [0; 2];
         // SAFETY: `fds` has room for the two descriptors; the result is checked.
@@ -138,6 +145,7 @@ mod tests {
             )
         };
         assert!(s >= 0 && c >= 0);
+        // SAFETY: sockaddr_in is plain old data; all-zero is valid.
         let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
         sin.sin_family = libc::AF_INET as libc::sa_family_t;
         sin.sin_addr.s_addr = u32::from_be_bytes([127, 0, 0, 1]).to_be();
@@ -154,7 +162,7 @@ mod tests {
             );
         }
         let mut server = RawAddr::default();
-        server.copy_from(&sin as *const _ as *const u8, len);
+        server.copy_from(bytes_of(&sin, len as usize));
         assert_eq!(sendto(c, b"ping", &server).unwrap(), Outcome::Done(4));
         let mut buf = [0u8; 8];
         let mut from = RawAddr::default();

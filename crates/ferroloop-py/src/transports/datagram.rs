@@ -203,7 +203,7 @@ impl DatagramPump {
             ffi::PyObject_VectorcallMethod(
                 name.as_ptr(),
                 vec.as_ptr(),
-                (1 + args.len()) as usize,
+                1 + args.len(),
                 std::ptr::null_mut(),
             )
         };

@@ -26,11 +26,14 @@ pub fn pidfd_supported() -> bool {
     process::pidfd_supported()
 }
 
+/// What a delivered exit is reported to: (loop, callback, args).
+type Target = (Py<PyAny>, Py<PyAny>, Py<PyTuple>);
+
 #[pyclass(module = "ferroloop._ferroloop", frozen)]
 pub struct PidfdWatch {
     watch: ChildWatch,
     /// (loop, callback, args); `None` once delivered or cleared by the GC.
-    target: GilCell<Option<(Py<PyAny>, Py<PyAny>, Py<PyTuple>)>>,
+    target: GilCell<Option<Target>>,
     done: AtomicBool,
 }
 
