@@ -279,3 +279,108 @@ def test_child_reaped_elsewhere_reports_255(loop, flavor, errors, caplog):
     if flavor.name == 'ferroloop':
         assert who == 'reaped here'
     assert errors == []
+
+
+# -- read pipes (connect_read_pipe) ---------------------------------------------------------------
+
+class PipeRec(asyncio.Protocol):
+    def __init__(self, loop):
+        self.calls = []
+        self.data = bytearray()
+        self.lost = loop.create_future()
+        self.on_data = None
+
+    def connection_made(self, tr):
+        self.tr = tr
+        self.calls.append('made')
+
+    def data_received(self, data):
+        self.data += data
+        if self.on_data:
+            self.on_data(data)
+
+    def eof_received(self):
+        self.calls.append('eof')
+
+    def connection_lost(self, exc):
+        self.calls.append('lost')
+        self.lost.set_result(exc)
+
+
+def test_read_pipe_integrity_eof_and_repr(loop, flavor, errors):
+    data = pattern(8 << 20)
+    r, w = os.pipe()
+
+    async def main():
+        p = PipeRec(loop)
+        tr, _ = await loop.connect_read_pipe(lambda: p, open(r, 'rb', buffering=0))
+        assert isinstance(tr, asyncio.ReadTransport)
+        assert repr(tr).startswith('<_UnixReadPipeTransport fd=') and 'polling' in repr(tr)
+        if flavor.name == 'ferroloop':
+            assert type(tr._read_ready).__name__ == 'PipeReadPump'
+
+        def writer():
+            with open(w, 'wb', buffering=0) as f:
+                for i in range(0, len(data), 1 << 20):
+                    f.write(data[i:i + (1 << 20)])
+
+        t = threading.Thread(target=writer)
+        t.start()
+        assert await p.lost is None
+        t.join()
+        assert hashlib.sha256(p.data).digest() == hashlib.sha256(data).digest()
+        assert p.calls == ['made', 'eof', 'lost']
+        assert tr.is_closing()
+        tr.close()
+    run(loop, main())
+    assert errors == []
+
+
+def test_read_pipe_pause_resume(loop, errors):
+    r, w = os.pipe()
+
+    async def main():
+        p = PipeRec(loop)
+        tr, _ = await loop.connect_read_pipe(lambda: p, open(r, 'rb', buffering=0))
+        p.on_data = lambda d: tr.pause_reading()
+        os.write(w, b'first')
+        while not p.data:
+            await asyncio.sleep(0.001)
+        assert not tr.is_reading()
+        os.write(w, b'second')
+        await asyncio.sleep(0.05)
+        assert bytes(p.data) == b'first'         # nothing while paused
+        p.on_data = None
+        tr.resume_reading()
+        assert tr.is_reading()
+        while len(p.data) < 11:
+            await asyncio.sleep(0.001)
+        assert bytes(p.data) == b'firstsecond'
+        os.close(w)
+        assert await p.lost is None
+        assert p.calls == ['made', 'eof', 'lost']
+    run(loop, main())
+    assert errors == []
+
+
+def test_read_pipe_error_in_data_received_goes_to_handler(loop, errors):
+    r, w = os.pipe()
+
+    async def main():
+        p = PipeRec(loop)
+
+        def boom(d):
+            if d.startswith(b'boom'):
+                raise ZeroDivisionError
+        p.on_data = boom
+        tr, _ = await loop.connect_read_pipe(lambda: p, open(r, 'rb', buffering=0))
+        os.write(w, b'boom')
+        while not errors:
+            await asyncio.sleep(0.001)
+        assert isinstance(errors[0]['exception'], ZeroDivisionError)
+        os.write(w, b'more')
+        os.close(w)
+        assert await p.lost is None
+        assert bytes(p.data) == b'boommore'
+    run(loop, main())
+    assert len(errors) == 1

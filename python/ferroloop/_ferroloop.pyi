@@ -10,7 +10,8 @@ _Ts = TypeVarTuple("_Ts")
 _T = TypeVar("_T")
 
 __all__ = ['__version__', 'BUILD_PROFILE', 'Handle', 'TimerHandle', 'LoopCore', 'SlotDescriptor', 'SocketPump', 'SockOp',
-           'sock_recv', 'sock_sendall', 'DatagramPump', 'PidfdWatch', 'pidfd_supported']
+           'sock_recv', 'sock_sendall', 'DatagramPump', 'PidfdWatch', 'pidfd_supported',
+           'PipeReadPump']
 __version__: str
 BUILD_PROFILE: str
 
@@ -140,6 +141,15 @@ class DatagramPump:
     def cached_addresses(self) -> int: ...
     def __call__(self, *args: Any, **kwargs: Any) -> None: ...
     def sendto(self, data: Any, addr: Any = None) -> None: ...
+
+@final
+class PipeReadPump:
+    """The reader callback of one read-pipe transport (ferroloop._pipes)."""
+
+    def __new__(cls, transport: Any, fd: int) -> PipeReadPump: ...
+    @property
+    def __qualname__(self) -> str: ...  # type: ignore[override]
+    def __call__(self, *args: Any, **kwargs: Any) -> None: ...
 
 @final
 class PidfdWatch:

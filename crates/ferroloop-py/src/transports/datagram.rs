@@ -59,7 +59,7 @@ const SEND_UNNAMED_PEER: u8 = 2; // connected to an unnamed peer (socketpair): s
 
 thread_local! {
     /// Where `recvfrom` lands before the bytes object is made: one per thread.
-    static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    pub(super) static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The address object the socket module builds for `addr` (`None`: a family it does not know;
