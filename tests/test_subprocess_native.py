@@ -384,3 +384,84 @@ def test_read_pipe_error_in_data_received_goes_to_handler(loop, errors):
         assert bytes(p.data) == b'boommore'
     run(loop, main())
     assert len(errors) == 1
+
+
+# -- write pipes (connect_write_pipe) -------------------------------------------------------------
+
+class WPipeRec(asyncio.Protocol):
+    def __init__(self, loop):
+        self.calls = []
+        self.lost = loop.create_future()
+
+    def connection_made(self, tr):
+        self.calls.append('made')
+
+    def pause_writing(self):
+        self.calls.append('pause')
+
+    def resume_writing(self):
+        self.calls.append('resume')
+
+    def connection_lost(self, exc):
+        self.calls.append('lost')
+        self.lost.set_result(exc)
+
+
+def test_write_pipe_integrity_and_flow_control(loop, flavor, errors):
+    data = pattern(8 << 20)
+    r, w = os.pipe()
+    got = []
+
+    def reader():
+        with open(r, 'rb', buffering=0) as f:
+            while True:
+                b = f.read(1 << 16)
+                if not b:
+                    return
+                got.append(b)
+
+    async def main():
+        p = WPipeRec(loop)
+        tr, _ = await loop.connect_write_pipe(lambda: p, open(w, 'wb', buffering=0))
+        assert isinstance(tr, asyncio.WriteTransport)
+        assert repr(tr).startswith('<_UnixWritePipeTransport fd=')
+        tr.set_write_buffer_limits(high=1 << 16)
+        pieces = [data[i:i + 100_000] for i in range(0, len(data), 100_000)]
+        tr.write(pieces[0])
+        tr.writelines([bytearray(pieces[1]), memoryview(pieces[2])])
+        for piece in pieces[3:]:
+            tr.write(piece)
+        assert tr.get_write_buffer_size() > 0    # nobody reads yet
+        assert p.calls == ['made', 'pause']
+        t = threading.Thread(target=reader)
+        t.start()
+        while tr.get_write_buffer_size():
+            await asyncio.sleep(0.005)
+        assert p.calls == ['made', 'pause', 'resume']
+        tr.close()
+        assert await p.lost is None
+        await loop.run_in_executor(None, t.join)
+        assert hashlib.sha256(b''.join(got)).digest() == hashlib.sha256(data).digest()
+        tr.write(b'after close')                 # counted, not written
+    run(loop, main())
+    assert errors == []
+
+
+def test_write_pipe_broken_pipe(loop, errors):
+    r, w = os.pipe()
+
+    async def main():
+        p = WPipeRec(loop)
+        tr, _ = await loop.connect_write_pipe(lambda: p, open(w, 'wb', buffering=0))
+        tr.write(b'x')
+        os.close(r)
+        for _ in range(100):
+            if p.lost.done():
+                break
+            tr.write(b'y' * 1000)
+            await asyncio.sleep(0.001)
+        exc = await p.lost
+        assert isinstance(exc, BrokenPipeError) and exc.args == (32, 'Broken pipe')
+        assert p.calls[0] == 'made' and p.calls[-1] == 'lost'
+    run(loop, main())
+    assert errors == []

@@ -11,7 +11,7 @@ _T = TypeVar("_T")
 
 __all__ = ['__version__', 'BUILD_PROFILE', 'Handle', 'TimerHandle', 'LoopCore', 'SlotDescriptor', 'SocketPump', 'SockOp',
            'sock_recv', 'sock_sendall', 'DatagramPump', 'PidfdWatch', 'pidfd_supported',
-           'PipeReadPump']
+           'PipeReadPump', 'PipeWritePump']
 __version__: str
 BUILD_PROFILE: str
 
@@ -150,6 +150,13 @@ class PipeReadPump:
     @property
     def __qualname__(self) -> str: ...  # type: ignore[override]
     def __call__(self, *args: Any, **kwargs: Any) -> None: ...
+
+@final
+class PipeWritePump:
+    """The fast write of one write-pipe transport (ferroloop._pipes)."""
+
+    def __new__(cls, transport: Any, fd: int, py_write: Callable[[Any, Any], object]) -> PipeWritePump: ...
+    def write(self, data: Any) -> None: ...
 
 @final
 class PidfdWatch:

@@ -246,8 +246,9 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
     _make_ssl_transport = _transports.make_ssl_transport
     # Datagram transports whose per-datagram path is Rust (ferroloop/_datagram.py).
     _make_datagram_transport = _datagram.make_datagram_transport
-    # Read pipes whose read is Rust (ferroloop/_pipes.py).
+    # Pipes whose read and write are Rust (ferroloop/_pipes.py).
     _make_read_pipe_transport = _pipes.make_read_pipe_transport
+    _make_write_pipe_transport = _pipes.make_write_pipe_transport
     # Subprocesses whose exit is watched through a pidfd in the poller (ferroloop/_subprocess.py).
     _make_subprocess_transport = _subprocess.make_subprocess_transport
 

@@ -1,4 +1,5 @@
-//! `PipeReadPump`: the per-message read of asyncio's read-pipe transport in Rust.
+//! `PipeReadPump` and `PipeWritePump`: the per-message read and write of asyncio's pipe
+//! transports in Rust (`PipeWritePump` is documented at its definition).
 //!
 //! `ferroloop._pipes._UnixReadPipeTransport` is asyncio's `unix_events._UnixReadPipeTransport`
 //! (a subclass with the same name): pausing, closing, reprs and errors are the stdlib's code. The
@@ -99,6 +100,88 @@ impl PipeReadPump {
             }
         }
         Ok(())
+    }
+
+    fn __clear__(&self) {
+        Python::attach(|py| {
+            let old = self.transport.with(py, |t| t.take()).ok().flatten();
+            drop(old);
+        });
+    }
+}
+
+/// The fast `write` of one write-pipe transport: `os.write` straight to the pipe when asyncio
+/// would write at once (a non-empty bytes object, nothing buffered, not closing, the connection
+/// not lost). A partial write or EAGAIN goes to the transport's `_write_rest` (asyncio's steps
+/// after its own `os.write`: add the writer, buffer the rest, check the high-water mark), a
+/// failure to `_write_failed`; any other case is asyncio's `write`.
+#[pyclass(module = "ferroloop._ferroloop", frozen)]
+pub struct PipeWritePump {
+    transport: GilCell<Option<Py<PyAny>>>,
+    fd: i32,
+    /// asyncio's `_UnixWritePipeTransport.write`.
+    py_write: Py<PyAny>,
+}
+
+#[pymethods]
+impl PipeWritePump {
+    #[new]
+    fn new(transport: Py<PyAny>, fd: i32, py_write: Py<PyAny>) -> Self {
+        PipeWritePump {
+            transport: GilCell::new(Some(transport)),
+            fd,
+            py_write,
+        }
+    }
+
+    /// `transport.write(data)`.
+    fn write(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let Some(tr) = self
+            .transport
+            .with(py, |t| t.as_ref().map(|t| t.clone_ref(py)))?
+        else {
+            return Ok(());
+        };
+        let tr = tr.into_bound(py);
+        if let Ok(bytes) = data.cast_exact::<PyBytes>() {
+            let b = bytes.as_bytes();
+            if !b.is_empty()
+                && !tr.getattr(intern!(py, "_conn_lost"))?.is_truthy()?
+                && !tr.getattr(intern!(py, "_closing"))?.is_truthy()?
+                && !tr.getattr(intern!(py, "_buffer"))?.is_truthy()?
+            {
+                // SAFETY: `b` is a live slice for the duration of the call; write only reads it.
+                let n = unsafe { libc::write(self.fd, b.as_ptr().cast(), b.len()) };
+                let written = if n >= 0 {
+                    n as usize
+                } else {
+                    match std::io::Error::last_os_error().raw_os_error() {
+                        Some(libc::EAGAIN) | Some(libc::EINTR) => 0,
+                        errno => {
+                            let exc = errors::from_errno(py, errno.unwrap_or(libc::EIO));
+                            tr.call_method1(intern!(py, "_write_failed"), (exc.into_value(py),))?;
+                            return Ok(());
+                        }
+                    }
+                };
+                if written == b.len() {
+                    return Ok(());
+                }
+                tr.call_method1(intern!(py, "_write_rest"), (data, written))?;
+                return Ok(());
+            }
+        }
+        self.py_write.bind(py).call1((tr, data))?;
+        Ok(())
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(t) = self.transport.peek() {
+            if let Some(t) = t.as_ref() {
+                visit.call(t)?;
+            }
+        }
+        visit.call(&self.py_write)
     }
 
     fn __clear__(&self) {
