@@ -10,7 +10,8 @@ _Ts = TypeVarTuple("_Ts")
 _T = TypeVar("_T")
 
 __all__ = ['__version__', 'BUILD_PROFILE', 'Handle', 'TimerHandle', 'LoopCore', 'SlotDescriptor', 'SocketPump', 'SockOp',
-           'sock_recv', 'sock_sendall']
+           'sock_recv', 'sock_sendall', 'DatagramPump', 'PidfdWatch', 'pidfd_supported',
+           'PipeReadPump', 'PipeWritePump']
 __version__: str
 BUILD_PROFILE: str
 
@@ -133,6 +134,51 @@ class SocketPump:
     def __qualname__(self) -> str: ...  # type: ignore[override]
     def __call__(self, *args: Any, **kwargs: Any) -> None: ...
     def write(self, data: Any) -> None: ...
+
+@final
+class DatagramPump:
+    """The reader callback and fast sendto of one datagram transport (ferroloop._datagram)."""
+
+    def __new__(cls, transport: Any, fd: int, address: Any, send_mode: int) -> DatagramPump: ...
+    @property
+    def __qualname__(self) -> str: ...  # type: ignore[override]
+    @property
+    def cached_addresses(self) -> int: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> None: ...
+    def sendto(self, data: Any, addr: Any = None) -> None: ...
+
+@final
+class PipeReadPump:
+    """The reader callback of one read-pipe transport (ferroloop._pipes)."""
+
+    def __new__(cls, transport: Any, fd: int) -> PipeReadPump: ...
+    @property
+    def __qualname__(self) -> str: ...  # type: ignore[override]
+    def __call__(self, *args: Any, **kwargs: Any) -> None: ...
+
+@final
+class PipeWritePump:
+    """The fast write of one write-pipe transport (ferroloop._pipes)."""
+
+    def __new__(cls, transport: Any, fd: int, py_write: Callable[[Any, Any], object]) -> PipeWritePump: ...
+    def write(self, data: Any) -> None: ...
+
+@final
+class PidfdWatch:
+    """A child's exit watched through its pidfd, as the pidfd's reader callback (ferroloop._subprocess)."""
+
+    def __new__(cls, loop_: Any, pid: int, callback: Callable[..., object], args: tuple[Any, ...]) -> PidfdWatch: ...
+    @property
+    def fd(self) -> int: ...
+    @property
+    def pid(self) -> int: ...
+    @property
+    def __qualname__(self) -> str: ...  # type: ignore[override]
+    def __call__(self, *args: Any, **kwargs: Any) -> None: ...
+    def close(self) -> None: ...
+
+def pidfd_supported() -> bool:
+    """Whether pidfd_open works here (asyncio's can_use_pidfd)."""
 
 @final
 class SockOp:

@@ -28,6 +28,9 @@ from asyncio import unix_events as _unix_events
 from asyncio.futures import isfuture as _isfuture
 
 from . import _ferroloop
+from . import _datagram
+from . import _pipes
+from . import _subprocess
 from . import _transports
 
 __all__ = ('Loop',)
@@ -241,6 +244,13 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
     # Socket transports whose per-message path is Rust (ferroloop/_transports.py).
     _make_socket_transport = _transports.make_socket_transport
     _make_ssl_transport = _transports.make_ssl_transport
+    # Datagram transports whose per-datagram path is Rust (ferroloop/_datagram.py).
+    _make_datagram_transport = _datagram.make_datagram_transport
+    # Pipes whose read and write are Rust (ferroloop/_pipes.py).
+    _make_read_pipe_transport = _pipes.make_read_pipe_transport
+    _make_write_pipe_transport = _pipes.make_write_pipe_transport
+    # Subprocesses whose exit is watched through a pidfd in the poller (ferroloop/_subprocess.py).
+    _make_subprocess_transport = _subprocess.make_subprocess_transport
 
     def __del__(self, _warn=warnings.warn):
         if not self.is_closed():

@@ -7,6 +7,8 @@
 //! - [`ready`]   — the ready queue: FIFO with asyncio's "run only what was queued before this
 //!   iteration started" batch rule.
 //! - [`io_registry`] — readers and writers by fd, and the poller operation each change needs.
+//! - [`dgram`]   — datagram sockets: raw peer addresses and the address-object cache.
+//! - [`process`] — child exit through a pidfd, reaping, return codes.
 //! - [`poller`]  — level-triggered readiness polling (epoll on Linux, see [`sys`]).
 //! - [`waker`]   — cross-thread wake-up of a loop blocked in the poller, coalescing wake-ups.
 //! - [`signals`] — the pipe CPython's signal handler writes to, waking a loop blocked in the poller.
@@ -18,8 +20,10 @@
 //! containers and drives them from `Loop._run_once`.
 
 pub mod clock;
+pub mod dgram;
 pub mod io_registry;
 pub mod poller;
+pub mod process;
 pub mod ready;
 pub mod signals;
 pub mod stats;

@@ -6,6 +6,8 @@
 //! - `epoll`   — the level-triggered selector (Linux).
 //! - `eventfd` — the wake-up primitive (Linux).
 //! - `pipe`    — non-blocking pipes (signal wake-up).
+//! - `dgram`   — recvfrom/sendto/send of datagram sockets with raw addresses.
+//! - `pidfd`   — pidfd_open and a non-blocking waitpid (Linux).
 //! - `malloc`  — warming up glibc malloc's dynamic thresholds for message-sized buffers.
 
 #[cfg(unix)]
@@ -13,12 +15,16 @@ pub mod clock;
 #[cfg(unix)]
 pub mod fd;
 
+#[cfg(unix)]
+pub mod dgram;
 #[cfg(target_os = "linux")]
 pub mod epoll;
 #[cfg(target_os = "linux")]
 pub mod eventfd;
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub mod malloc;
+#[cfg(target_os = "linux")]
+pub mod pidfd;
 #[cfg(unix)]
 pub mod pipe;
 
