@@ -29,6 +29,7 @@ from asyncio.futures import isfuture as _isfuture
 
 from . import _ferroloop
 from . import _transports
+from . import _tls
 
 __all__ = ('Loop',)
 
@@ -240,7 +241,9 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
 
     # Socket transports whose per-message path is Rust (ferroloop/_transports.py).
     _make_socket_transport = _transports.make_socket_transport
-    _make_ssl_transport = _transports.make_ssl_transport
+    # TLS: asyncio's SSLProtocol with its per-record paths in Rust (ferroloop/_tls.py).
+    _make_ssl_transport = _tls.make_ssl_transport
+    start_tls = _tls.start_tls
 
     def __del__(self, _warn=warnings.warn):
         if not self.is_closed():

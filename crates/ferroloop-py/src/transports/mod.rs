@@ -25,10 +25,12 @@
 //! | `socket_pump.rs` | `SocketPump`: reading (`data_received`, BufferedProtocol) and the fast `write` of asyncio's socket transport |
 //! | `sockops.rs` | `sock_recv` / `sock_sendall`: the attempt, the wait and the clean-up |
 //! | `sockio.rs` | recv/send syscalls with the `socket` module's results and errors |
+//! | `tls.rs` | `TlsProtocol`: the per-record paths of asyncio's `SSLProtocol` (decrypt, encrypt, both flow controls) |
 
 mod socket_pump;
 mod sockio;
 mod sockops;
+mod tls;
 
 use pyo3::ffi;
 use pyo3::intern;
@@ -41,6 +43,7 @@ use crate::errors;
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<socket_pump::SocketPump>()?;
     m.add_class::<sockops::SockOp>()?;
+    m.add_class::<tls::TlsProtocol>()?;
     m.add_function(wrap_pyfunction!(sockops::sock_recv, m)?)?;
     m.add_function(wrap_pyfunction!(sockops::sock_sendall, m)?)?;
     Ok(())
