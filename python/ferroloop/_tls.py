@@ -58,6 +58,15 @@ class _SSLProtocolTransport(_sslproto._SSLProtocolTransport):
         super().__init__(loop, ssl_protocol)
         self.write = ssl_protocol._app_write
 
+    def close(self):
+        super().close()
+        if self._ssl_protocol is None:
+            # asyncio's second close() lets go of the protocol; so does the bound `write`
+            # (asyncio's own write then fails as asyncio's does).
+            self.__dict__.pop('write', None)
+
+    close.__doc__ = _sslproto._SSLProtocolTransport.close.__doc__
+
     def _test__append_write_backlog(self, data):
         # for test only
         self._ssl_protocol._test__append_write_backlog(data)
