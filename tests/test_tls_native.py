@@ -635,3 +635,35 @@ def test_aiohttp_https(loop, certs):
     run(loop, main(), 50)
     gc.collect()
     h.finish(check_errors=False)
+
+
+@pytest.mark.timeout(30)
+def test_many_records_in_one_segment(loop, certs):
+    # 200 small writes become 200 TLS records sent in one socket write; every one must reach
+    # data_received without more bytes arriving after them (nothing left unread in OpenSSL).
+    h = Harness(loop)
+    sctx, cctx = server_ctx(certs), client_ctx(certs)
+
+    async def main():
+        async def handle(r, w):
+            await r.readexactly(1)
+            for i in range(200):
+                w.transport.write(b'%05d' % i)
+            await r.readexactly(1)     # nothing more is sent until the client has read all
+            w.close()
+        srv = await asyncio.start_server(handle, '127.0.0.1', 0, ssl=sctx)
+        port = srv.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection('127.0.0.1', port, ssl=cctx,
+                                             server_hostname='localhost')
+        w.write(b'g')
+        data = await asyncio.wait_for(r.readexactly(1000), 10)
+        assert data == b''.join(b'%05d' % i for i in range(200))
+        w.write(b'e')
+        assert await r.read() == b''
+        w.close()
+        await w.wait_closed()
+        srv.close()
+        await srv.wait_closed()
+
+    run(loop, main(), 20)
+    h.finish()

@@ -30,7 +30,7 @@ use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PySlice, PyTuple, PyType};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PySlice, PyTuple, PyType};
 use pyo3::PyTraverseError;
 
 use super::call_method1;
@@ -79,11 +79,6 @@ fn fatal_on_exception(slf: &Bound<'_, PyAny>, res: PyResult<()>, message: &str) 
             Ok(())
         }
     }
-}
-
-/// `obj.name()` through vectorcall.
-fn call_method0<'py>(obj: &Bound<'py, PyAny>, name: &Bound<'py, pyo3::types::PyString>) -> PyResult<Bound<'py, PyAny>> {
-    obj.call_method0(name)
 }
 
 /// `getattr(None, name)`: asyncio's AttributeError when it reaches a field already set to None.
@@ -247,12 +242,10 @@ impl TlsProtocol {
             let data = if rest.is_empty() {
                 first
             } else {
-                let mut buf: Vec<u8> = Vec::new();
-                buf.extend_from_slice(first.cast::<PyBytes>()?.as_bytes());
-                for c in &rest {
-                    buf.extend_from_slice(c.cast::<PyBytes>()?.as_bytes());
-                }
-                PyBytes::new(py, &buf).into_any()
+                // asyncio's `b''.join(data)`
+                rest.insert(0, first);
+                let parts = PyList::new(py, rest)?;
+                PyBytes::new(py, b"").call_method1(intern!(py, "join"), (parts,))?
             };
             let app = Self::need(slf, |s| &s.app_protocol, "data_received")?;
             call_method1(&app, intern!(py, "data_received"), &data)?;
@@ -398,7 +391,7 @@ impl TlsProtocol {
             return Ok(());
         };
         let res = match Self::field(slf, |s| &s.app_protocol) {
-            Some(app) => call_method0(&app, name).map(|_| ()),
+            Some(app) => app.call_method0(name).map(|_| ()),
             None => Err(none_attr(py, name.to_str()?)),
         };
         if let Err(err) = res {
@@ -428,7 +421,7 @@ impl TlsProtocol {
             return Ok(());
         };
         let tr = Self::need(slf, |s| &s.transport, name.to_str()?)?;
-        call_method0(&tr, name)?;
+        tr.call_method0(name)?;
         Ok(())
     }
 
