@@ -667,3 +667,64 @@ def test_many_records_in_one_segment(loop, certs):
 
     run(loop, main(), 20)
     h.finish()
+
+
+@pytest.mark.timeout(30)
+def test_tls_in_tls_with_start_tls(loop, certs):
+    h = Harness(loop)
+    sctx, cctx = server_ctx(certs), client_ctx(certs)
+
+    async def main():
+        async def handle(r, w):
+            await w.start_tls(sctx)
+            w.write(await r.readexactly(5))
+            await w.drain()
+            w.close()
+        srv = await asyncio.start_server(handle, '127.0.0.1', 0, ssl=sctx)
+        port = srv.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection('127.0.0.1', port, ssl=cctx,
+                                             server_hostname='localhost')
+        outer = w.transport
+        await w.start_tls(cctx, server_hostname='localhost')
+        assert w.transport is not outer
+        assert w.transport._ssl_protocol._transport is outer
+        w.write(b'inner')
+        assert await r.readexactly(5) == b'inner'
+        w.close()
+        await w.wait_closed()
+        outer.close()
+        srv.close()
+        await srv.wait_closed()
+        await asyncio.sleep(0.05)
+
+    run(loop, main(), 20)
+    h.finish()
+
+
+@pytest.mark.timeout(30)
+def test_debug_mode_logs(loop, certs, caplog):
+    h = Harness(loop)
+    loop.set_debug(True)
+    sctx, cctx = server_ctx(certs), client_ctx(certs)
+
+    async def main():
+        async def handle(r, w):
+            w.close()
+        srv = await asyncio.start_server(handle, '127.0.0.1', 0, ssl=sctx)
+        port = srv.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection('127.0.0.1', port, ssl=cctx,
+                                             server_hostname='localhost')
+        assert await r.read() == b''
+        w.close()
+        await w.wait_closed()
+        srv.close()
+        await srv.wait_closed()
+
+    with caplog.at_level('DEBUG', logger='asyncio'):
+        run(loop, main(), 20)
+    h.finish()
+    msgs = [r.getMessage() for r in caplog.records]
+    starts = [m for m in msgs if m.endswith(' starts SSL handshake')]
+    took = [m for m in msgs if ': SSL handshake took ' in m]
+    assert len(starts) == 2 and len(took) == 2, msgs
+    assert all(m.startswith('<asyncio.sslproto.SSLProtocol object at 0x') for m in starts)
