@@ -728,3 +728,52 @@ def test_debug_mode_logs(loop, certs, caplog):
     took = [m for m in msgs if ': SSL handshake took ' in m]
     assert len(starts) == 2 and len(took) == 2, msgs
     assert all(m.startswith('<asyncio.sslproto.SSLProtocol object at 0x') for m in starts)
+
+
+@pytest.mark.timeout(30)
+def test_exception_handler_contexts(loop, certs):
+    h = Harness(loop)
+    sctx, cctx = server_ctx(certs), client_ctx(certs)
+
+    class Bad(asyncio.Protocol):
+        def connection_made(self, tr):
+            self.tr = tr
+            self.lost = loop.create_future()
+
+        def data_received(self, data):
+            raise ValueError('boom')
+
+        def pause_writing(self):
+            raise RuntimeError('no pause')
+
+        def connection_lost(self, exc):
+            self.lost.set_result(exc)
+
+    async def main():
+        async def handle(r, w):
+            w.write(b'data')
+            await r.read()
+            w.close()
+        srv = await asyncio.start_server(handle, '127.0.0.1', 0, ssl=sctx)
+        port = srv.sockets[0].getsockname()[1]
+        tr, p = await loop.create_connection(Bad, '127.0.0.1', port, ssl=cctx,
+                                             server_hostname='localhost')
+        tr.set_write_buffer_limits(high=0)   # 0 >= 0: pause_writing is called, and raises
+        exc = await p.lost
+        srv.close()
+        await srv.wait_closed()
+        return exc
+
+    exc = run(loop, main(), 20)
+    h.finish(check_errors=False)
+    assert isinstance(exc, ValueError)
+    msgs = [c['message'] for c in h.errors]
+    assert msgs == ['protocol.pause_writing() failed', 'Fatal error on SSL protocol'], msgs
+    pw, fatal = h.errors
+    assert isinstance(pw['exception'], RuntimeError)
+    assert isinstance(pw['transport'], asyncio.sslproto._SSLProtocolTransport)
+    assert isinstance(fatal['exception'], ValueError)
+    assert isinstance(fatal['transport'], asyncio.selector_events._SelectorSocketTransport)
+    for c in (pw, fatal):
+        assert repr(c['protocol']).startswith('<asyncio.sslproto.SSLProtocol object at 0x')
+        assert isinstance(c['protocol'], asyncio.BufferedProtocol)
