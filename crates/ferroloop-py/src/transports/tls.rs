@@ -58,8 +58,12 @@ fn is_again(py: Python<'_>, err: &PyErr) -> PyResult<bool> {
     let (a, b) = AGAIN.get_or_try_init(py, || -> PyResult<_> {
         let ssl = py.import("ssl")?;
         Ok((
-            ssl.getattr("SSLWantReadError")?.cast_into::<PyType>()?.unbind(),
-            ssl.getattr("SSLSyscallError")?.cast_into::<PyType>()?.unbind(),
+            ssl.getattr("SSLWantReadError")?
+                .cast_into::<PyType>()?
+                .unbind(),
+            ssl.getattr("SSLSyscallError")?
+                .cast_into::<PyType>()?
+                .unbind(),
         ))
     })?;
     Ok(err.is_instance(py, a.bind(py)) || err.is_instance(py, b.bind(py)))
@@ -276,7 +280,9 @@ impl TlsProtocol {
         let buf = get_buffer.call1((size,))?;
         let wants = buf.len()?;
         let res: PyResult<()> = (|| {
-            count = raw.call_method1(intern!(py, "read"), (wants, &buf))?.extract()?;
+            count = raw
+                .call_method1(intern!(py, "read"), (wants, &buf))?
+                .extract()?;
             if count > 0 {
                 offset = count;
                 let mut complete = true;
@@ -333,12 +339,15 @@ impl TlsProtocol {
                     let count: isize = count.extract()?;
                     let data_len = front.len()? as isize;
                     if count < data_len {
-                        let rest =
-                            front.get_item(PySlice::new(py, count, isize::MAX, 1))?.unbind();
+                        let rest = front
+                            .get_item(PySlice::new(py, count, isize::MAX, 1))?
+                            .unbind();
                         let old = {
                             let mut me = slf.borrow_mut();
                             me.write_buffer_size -= count;
-                            me.write_backlog.front_mut().map(|d| std::mem::replace(d, rest))
+                            me.write_backlog
+                                .front_mut()
+                                .map(|d| std::mem::replace(d, rest))
                         };
                         drop(old);
                     } else {
@@ -379,7 +388,11 @@ impl TlsProtocol {
         let size = Self::write_buffer_size_(slf)?;
         let (hi, lo, paused) = {
             let me = slf.borrow();
-            (me.outgoing_high_water, me.outgoing_low_water, me.app_writing_paused)
+            (
+                me.outgoing_high_water,
+                me.outgoing_low_water,
+                me.app_writing_paused,
+            )
         };
         let name = if size >= hi && !paused {
             slf.borrow_mut().app_writing_paused = true;
@@ -398,7 +411,10 @@ impl TlsProtocol {
             if errors::is_exit(py, &err) {
                 return Err(err);
             }
-            slf.call_method1(intern!(py, "_app_writing_failed"), (name, err.into_value(py)))?;
+            slf.call_method1(
+                intern!(py, "_app_writing_failed"),
+                (name, err.into_value(py)),
+            )?;
         }
         Ok(())
     }
@@ -409,7 +425,11 @@ impl TlsProtocol {
         let size = Self::read_buffer_size(slf)?;
         let (hi, lo, paused) = {
             let me = slf.borrow();
-            (me.incoming_high_water, me.incoming_low_water, me.ssl_reading_paused)
+            (
+                me.incoming_high_water,
+                me.incoming_low_water,
+                me.ssl_reading_paused,
+            )
         };
         let name = if size >= hi && !paused {
             slf.borrow_mut().ssl_reading_paused = true;
@@ -494,10 +514,16 @@ impl TlsProtocol {
         // asyncio: `hasattr(app_protocol, 'get_buffer') and isinstance(app_protocol,
         // protocols.BufferedProtocol)`.
         if app_protocol.hasattr(intern!(py, "get_buffer"))? {
-            let bp = py.import("asyncio.protocols")?.getattr("BufferedProtocol")?;
+            let bp = py
+                .import("asyncio.protocols")?
+                .getattr("BufferedProtocol")?;
             if app_protocol.is_instance(&bp)? {
                 gb = Some(app_protocol.getattr(intern!(py, "get_buffer"))?.unbind());
-                bu = Some(app_protocol.getattr(intern!(py, "buffer_updated"))?.unbind());
+                bu = Some(
+                    app_protocol
+                        .getattr(intern!(py, "buffer_updated"))?
+                        .unbind(),
+                );
             }
         }
         let old = {
@@ -535,8 +561,12 @@ impl TlsProtocol {
     #[getter]
     fn _write_backlog<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyTuple>> {
         let py = slf.py();
-        let items: Vec<Py<PyAny>> =
-            slf.borrow().write_backlog.iter().map(|d| d.clone_ref(py)).collect();
+        let items: Vec<Py<PyAny>> = slf
+            .borrow()
+            .write_backlog
+            .iter()
+            .map(|d| d.clone_ref(py))
+            .collect();
         PyTuple::new(py, items)
     }
 
@@ -554,7 +584,13 @@ impl TlsProtocol {
     #[getter]
     fn _state<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
-        let names = ["UNWRAPPED", "DO_HANDSHAKE", "WRAPPED", "FLUSHING", "SHUTDOWN"];
+        let names = [
+            "UNWRAPPED",
+            "DO_HANDSHAKE",
+            "WRAPPED",
+            "FLUSHING",
+            "SHUTDOWN",
+        ];
         let st = slf.borrow().st as usize;
         py.import("asyncio.sslproto")?
             .getattr("SSLProtocolState")?
@@ -564,7 +600,11 @@ impl TlsProtocol {
     /// `get_buffer(n)` (the socket side).
     fn get_buffer<'py>(slf: &Bound<'py, Self>, n: isize) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
-        let want = if n <= 0 || n as usize > MAX_SIZE { MAX_SIZE } else { n as usize };
+        let want = if n <= 0 || n as usize > MAX_SIZE {
+            MAX_SIZE
+        } else {
+            n as usize
+        };
         let have = {
             let me = slf.borrow();
             match (&me.ssl_buffer, &me.ssl_view) {
@@ -712,7 +752,11 @@ impl TlsProtocol {
             Some(d) => d.clone(),
             None => py.None().into_bound(py),
         };
-        let extra = slf.borrow().extra.as_ref().map(|e| e.clone_ref(py).into_bound(py));
+        let extra = slf
+            .borrow()
+            .extra
+            .as_ref()
+            .map(|e| e.clone_ref(py).into_bound(py));
         if let Some(extra) = extra {
             if let Some(v) = extra.get_item(name)? {
                 return Ok(v);
