@@ -30,7 +30,7 @@ use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PySlice, PyTuple, PyType};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PySlice, PyTuple, PyType};
 use pyo3::PyTraverseError;
 
 use super::call_method1;
@@ -215,44 +215,75 @@ impl TlsProtocol {
         Self::control_ssl_reading(slf)
     }
 
-    /// `_do_read__copied`.
+    /// `_do_read__copied`: read until SSLWantReadError (or close_notify), then one
+    /// `data_received` with everything read.
+    ///
+    /// asyncio calls `read(max_size)`, which allocates a 256 KiB bytes object per record and
+    /// shrinks it (with glibc's default thresholds an mmap, page faults and a munmap per record).
+    /// Here the records are decrypted with `read(n, buffer)` into the protocol's own buffer (its
+    /// content was copied into the incoming BIO already, and nothing else uses it until this
+    /// returns: `data_received` runs after the loop), and one bytes object of the exact size is
+    /// made: the same data, the same calls to OpenSSL, the same exceptions.
     fn do_read_copied(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let raw = Self::need(slf, |s| &s.raw, "read")?;
-        let mut first: Option<Bound<'_, PyAny>> = None;
-        let mut rest: Vec<Bound<'_, PyAny>> = Vec::new();
+        // the scratch buffer: the protocol's buffer (made by get_buffer) and its memoryview
+        Self::get_buffer(slf, MAX_SIZE as isize)?;
+        let (buf, view) = {
+            let me = slf.borrow();
+            match (&me.ssl_buffer, &me.ssl_view) {
+                (Some(b), Some(v)) => (
+                    b.clone_ref(py).into_bound(py),
+                    v.clone_ref(py).into_bound(py),
+                ),
+                _ => return Err(none_attr(py, "read")),
+            }
+        };
+        let cap = buf.len();
+        let mut offset = 0usize; // bytes decrypted into `buf`
+        let mut spill: Vec<u8> = Vec::new(); // when more than `cap` bytes come in one call
         let mut eof = false;
         loop {
             if Self::nothing_to_read(slf, &raw)? {
                 break;
             }
-            match raw.call_method1(intern!(py, "read"), (MAX_SIZE,)) {
-                Ok(chunk) => {
-                    if !chunk.is_truthy()? {
+            if offset == cap {
+                // SAFETY: GIL held; no Python code runs while the slice is borrowed (extend
+                // copies it), and the bytearray is not resized (a memoryview exports it).
+                spill.extend_from_slice(unsafe { &buf.as_bytes()[..offset] });
+                offset = 0;
+            }
+            let target = if offset == 0 {
+                view.clone()
+            } else {
+                view.get_item(PySlice::new(py, offset as isize, cap as isize, 1))?
+            };
+            match raw.call_method1(intern!(py, "read"), (cap - offset, target)) {
+                Ok(n) => {
+                    let n: usize = n.extract()?;
+                    if n == 0 {
                         eof = true;
                         break;
                     }
-                    if first.is_none() {
-                        first = Some(chunk);
-                    } else {
-                        rest.push(chunk);
-                    }
+                    offset += n;
                 }
                 Err(err) if is_again(py, &err)? => break,
                 Err(err) => return Err(err),
             }
         }
-        if let Some(first) = first {
-            let data = if rest.is_empty() {
-                first
-            } else {
-                // asyncio's `b''.join(data)`
-                rest.insert(0, first);
-                let parts = PyList::new(py, rest)?;
-                PyBytes::new(py, b"").call_method1(intern!(py, "join"), (parts,))?
+        if offset > 0 || !spill.is_empty() {
+            // SAFETY: as above; PyBytes::new copies the slice before any Python code runs.
+            let data = unsafe {
+                let done = &buf.as_bytes()[..offset];
+                if spill.is_empty() {
+                    PyBytes::new(py, done)
+                } else {
+                    spill.extend_from_slice(done);
+                    PyBytes::new(py, &spill)
+                }
             };
             let app = Self::need(slf, |s| &s.app_protocol, "data_received")?;
-            call_method1(&app, intern!(py, "data_received"), &data)?;
+            call_method1(&app, intern!(py, "data_received"), data.as_any())?;
         }
         if eof {
             Self::close_notify(slf)?;
