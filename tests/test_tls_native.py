@@ -777,3 +777,44 @@ def test_exception_handler_contexts(loop, certs):
     for c in (pw, fatal):
         assert repr(c['protocol']).startswith('<asyncio.sslproto.SSLProtocol object at 0x')
         assert isinstance(c['protocol'], asyncio.BufferedProtocol)
+
+
+@pytest.mark.timeout(30)
+def test_shutdown_timeout(loop, certs):
+    # The server's app has paused reading, so its TLS layer never answers the close_notify:
+    # the client's close() ends after ssl_shutdown_timeout with asyncio's TimeoutError.
+    h = Harness(loop)
+    sctx, cctx = server_ctx(certs), client_ctx(certs)
+    server_writers = []
+
+    class Client(asyncio.Protocol):
+        def connection_made(self, tr):
+            self.lost = loop.create_future()
+
+        def connection_lost(self, exc):
+            self.lost.set_result(exc)
+
+    async def main():
+        async def handle(r, w):
+            w.transport.pause_reading()
+            server_writers.append(w)
+        srv = await asyncio.start_server(handle, '127.0.0.1', 0, ssl=sctx)
+        port = srv.sockets[0].getsockname()[1]
+        tr, p = await loop.create_connection(Client, '127.0.0.1', port, ssl=cctx,
+                                             server_hostname='localhost',
+                                             ssl_shutdown_timeout=0.3)
+        while not server_writers:
+            await asyncio.sleep(0.01)
+        tr.close()
+        assert tr.is_closing()
+        exc = await p.lost
+        for w in server_writers:
+            w.transport.abort()
+        srv.close()
+        await srv.wait_closed()
+        await asyncio.sleep(0.05)
+        return exc
+
+    exc = run(loop, main(), 20)
+    h.finish(check_errors=False)
+    assert isinstance(exc, TimeoutError) and str(exc) == 'SSL shutdown timed out', repr(exc)
