@@ -18,10 +18,12 @@
 //!
 //! Each method here is the asyncio method of the same name, step for step, with the same
 //! exceptions (`except Exception` → `_fatal_error(exc, 'Fatal error on SSL protocol')`;
-//! SSLWantReadError/SSLSyscallError are asyncio's `SSLAgainErrors`). One shortcut with no
-//! observable effect: a `read` that OpenSSL would answer with SSLWantReadError at once (no
+//! SSLWantReadError/SSLSyscallError are asyncio's `SSLAgainErrors`). Two differences in how,
+//! none in what: records are decrypted with `read(n, buffer)` into the protocol's buffer and
+//! copied into one bytes object of the exact size (asyncio's `read(max_size)` allocates 256 KiB
+//! per record), and a `read` that OpenSSL would answer with SSLWantReadError at once (no
 //! decrypted byte pending in the SSL object and no encrypted byte in the incoming BIO) is not
-//! made, which saves raising and discarding an exception per record.
+//! made, which saves raising and discarding an exception per `buffer_updated`.
 
 use std::collections::VecDeque;
 
