@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install the database servers the tests start (tests/dbservers.py): Debian's PostgreSQL and Redis.
-# Does nothing when both are present. Otherwise installs them with apt-get, non-interactively, as
+# Install the database servers the tests start (tests/dbservers.py): Debian's PostgreSQL and Redis,
+# and the `openssl` command the TLS tests make their certificates with. Does nothing when all are present. Otherwise installs them with apt-get, non-interactively, as
 # root (or through `sudo -n`). The packages' own services are not started, and no default
 # PostgreSQL cluster is created: the tests run throw-away servers of their own.
 set -euo pipefail
@@ -11,6 +11,7 @@ have_redis() { command -v redis-server >/dev/null || [ -x /usr/bin/redis-server 
 packages=()
 have_postgres || packages+=(postgresql)
 have_redis || packages+=(redis-server)
+command -v openssl >/dev/null || packages+=(openssl)
 if [ ${#packages[@]} -eq 0 ]; then
     exit 0
 fi

@@ -32,6 +32,7 @@ from . import _datagram
 from . import _pipes
 from . import _subprocess
 from . import _transports
+from . import _tls
 
 __all__ = ('Loop',)
 
@@ -243,7 +244,9 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
 
     # Socket transports whose per-message path is Rust (ferroloop/_transports.py).
     _make_socket_transport = _transports.make_socket_transport
-    _make_ssl_transport = _transports.make_ssl_transport
+    # TLS: asyncio's SSLProtocol with its per-record paths in Rust (ferroloop/_tls.py).
+    _make_ssl_transport = _tls.make_ssl_transport
+    start_tls = _tls.start_tls
     # Datagram transports whose per-datagram path is Rust (ferroloop/_datagram.py).
     _make_datagram_transport = _datagram.make_datagram_transport
     # Pipes whose read and write are Rust (ferroloop/_pipes.py).

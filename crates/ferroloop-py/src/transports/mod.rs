@@ -28,6 +28,7 @@
 //! | `socket_pump.rs` | `SocketPump`: reading (`data_received`, BufferedProtocol) and the fast `write` of asyncio's socket transport |
 //! | `sockops.rs` | `sock_recv` / `sock_sendall`: the attempt, the wait and the clean-up |
 //! | `sockio.rs` | recv/send syscalls with the `socket` module's results and errors |
+//! | `tls.rs` | `TlsProtocol`: the per-record paths of asyncio's `SSLProtocol` (decrypt, encrypt, both flow controls) |
 
 mod datagram;
 mod pipe;
@@ -35,6 +36,7 @@ mod process;
 mod socket_pump;
 mod sockio;
 mod sockops;
+mod tls;
 
 use pyo3::ffi;
 use pyo3::intern;
@@ -52,6 +54,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pipe::PipeReadPump>()?;
     m.add_class::<pipe::PipeWritePump>()?;
     m.add_function(wrap_pyfunction!(process::pidfd_supported, m)?)?;
+    m.add_class::<tls::TlsProtocol>()?;
     m.add_function(wrap_pyfunction!(sockops::sock_recv, m)?)?;
     m.add_function(wrap_pyfunction!(sockops::sock_sendall, m)?)?;
     Ok(())

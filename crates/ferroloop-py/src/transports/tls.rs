@@ -1,0 +1,849 @@
+//! `TlsProtocol`: the per-record paths of asyncio's `sslproto.SSLProtocol` in Rust.
+//!
+//! `ferroloop._tls.SSLProtocol` is a Python subclass of this class (and of
+//! `asyncio.BufferedProtocol`); it is what `loop._make_ssl_transport` and `loop.start_tls` build
+//! in place of `asyncio.sslproto.SSLProtocol`. The split:
+//!
+//! - here, everything that runs once per record or per write: `get_buffer`/`buffer_updated` (the
+//!   socket side), `_do_read` (decrypt and `data_received`, or `get_buffer`/`buffer_updated` of a
+//!   BufferedProtocol app), `_write_appdata`/`_app_write`/`_do_write` (encrypt),
+//!   `_process_outgoing` (to the socket transport), both flow controls
+//!   (`_control_app_writing`, `_control_ssl_reading`) and `_get_extra_info`. OpenSSL is driven
+//!   through the C objects of CPython's own `_ssl` module (`_ssl._SSLSocket.read/write`,
+//!   `_ssl.MemoryBIO.write/read/pending`) by vectorcall, so no Python frame runs per record and
+//!   every feature of the user's `ssl.SSLContext` behaves as on asyncio;
+//! - in `_tls.py`, the steps that run once per connection (construction, handshake start and
+//!   completion, shutdown, abort, `connection_lost`, `eof_received`, timeouts, the fatal-error
+//!   path): asyncio's code, line for line, for the running version.
+//!
+//! Each method here is the asyncio method of the same name, step for step, with the same
+//! exceptions (`except Exception` → `_fatal_error(exc, 'Fatal error on SSL protocol')`;
+//! SSLWantReadError/SSLSyscallError are asyncio's `SSLAgainErrors`). Two differences in how,
+//! none in what: records are decrypted with `read(n, buffer)` into the protocol's buffer and
+//! copied into one bytes object of the exact size (asyncio's `read(max_size)` allocates 256 KiB
+//! per record), and a `read` that OpenSSL would answer with SSLWantReadError at once (no
+//! decrypted byte pending in the SSL object and no encrypted byte in the incoming BIO) is not
+//! made, which saves raising and discarding an exception per `buffer_updated`.
+
+use std::collections::VecDeque;
+
+use pyo3::exceptions::{PyException, PyTypeError};
+use pyo3::gc::PyVisit;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PySlice, PyTuple, PyType};
+use pyo3::PyTraverseError;
+
+use super::call_method1;
+use crate::errors;
+
+/// asyncio's `SSLProtocol.max_size`: the buffer handed to the socket transport and the size of
+/// one `read` from the SSL object.
+const MAX_SIZE: usize = 256 * 1024;
+/// `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
+const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u64 = 5;
+const SSL_PROTOCOL_FAILED: &str = "Fatal error on SSL protocol";
+
+// SSLProtocolState, as small integers (`_tls.py` uses the same numbers; the `_state` property
+// gives asyncio's enum member).
+const UNWRAPPED: u8 = 0;
+const DO_HANDSHAKE: u8 = 1;
+const WRAPPED: u8 = 2;
+const FLUSHING: u8 = 3;
+const SHUTDOWN: u8 = 4;
+
+/// `(ssl.SSLWantReadError, ssl.SSLSyscallError)`: asyncio's `SSLAgainErrors`.
+static AGAIN: PyOnceLock<(Py<PyType>, Py<PyType>)> = PyOnceLock::new();
+
+fn is_again(py: Python<'_>, err: &PyErr) -> PyResult<bool> {
+    let (a, b) = AGAIN.get_or_try_init(py, || -> PyResult<_> {
+        let ssl = py.import("ssl")?;
+        Ok((
+            ssl.getattr("SSLWantReadError")?
+                .cast_into::<PyType>()?
+                .unbind(),
+            ssl.getattr("SSLSyscallError")?
+                .cast_into::<PyType>()?
+                .unbind(),
+        ))
+    })?;
+    Ok(err.is_instance(py, a.bind(py)) || err.is_instance(py, b.bind(py)))
+}
+
+/// Handles `except Exception as ex: self._fatal_error(ex, message)` around a step; anything not
+/// an `Exception` (SystemExit, KeyboardInterrupt, CancelledError) propagates, as in asyncio.
+fn fatal_on_exception(slf: &Bound<'_, PyAny>, res: PyResult<()>, message: &str) -> PyResult<()> {
+    match res {
+        Ok(()) => Ok(()),
+        Err(err) => {
+            let py = slf.py();
+            if !err.is_instance_of::<PyException>(py) || errors::is_exit(py, &err) {
+                return Err(err);
+            }
+            slf.call_method1(intern!(py, "_fatal_error"), (err.into_value(py), message))?;
+            Ok(())
+        }
+    }
+}
+
+/// `getattr(None, name)`: asyncio's AttributeError when it reaches a field already set to None.
+fn none_attr(py: Python<'_>, name: &str) -> PyErr {
+    match py.None().bind(py).getattr(name) {
+        Err(e) => e,
+        Ok(_) => pyo3::exceptions::PyAttributeError::new_err(name.to_string()),
+    }
+}
+
+/// The per-record state of one SSL protocol (see the module docs). Fields are named as
+/// asyncio's attributes, which `_tls.py` and asyncio's own `_SSLProtocolTransport` read.
+#[pyclass(module = "ferroloop._ferroloop", subclass, dict)]
+pub struct TlsProtocol {
+    #[pyo3(get, set, name = "_st")]
+    st: u8,
+    #[pyo3(get, set, name = "_loop")]
+    loop_: Option<Py<PyAny>>,
+    #[pyo3(get, name = "_app_protocol")]
+    app_protocol: Option<Py<PyAny>>,
+    app_get_buffer: Option<Py<PyAny>>,
+    app_buffer_updated: Option<Py<PyAny>>,
+    #[pyo3(get, name = "_app_protocol_is_buffer")]
+    app_is_buffer: bool,
+    #[pyo3(get, set, name = "_app_transport")]
+    app_transport: Option<Py<PyAny>>,
+    #[pyo3(get, set, name = "_transport")]
+    transport: Option<Py<PyAny>>,
+    /// The `_ssl._SSLSocket` under `ssl.SSLObject` (or the SSLObject itself when the context's
+    /// `sslobject_class` is a subclass: its methods then run).
+    #[pyo3(get, set, name = "_sslobj_raw")]
+    raw: Option<Py<PyAny>>,
+    #[pyo3(get, set, name = "_incoming")]
+    incoming: Option<Py<PyAny>>,
+    #[pyo3(get, set, name = "_outgoing")]
+    outgoing: Option<Py<PyAny>>,
+    #[pyo3(get, set, name = "_extra")]
+    extra: Option<Py<PyDict>>,
+    /// asyncio's `_ssl_buffer`/`_ssl_buffer_view`: what `get_buffer` hands to the socket side.
+    ssl_buffer: Option<Py<PyByteArray>>,
+    ssl_view: Option<Py<PyAny>>,
+    write_backlog: VecDeque<Py<PyAny>>,
+    #[pyo3(get, set, name = "_write_buffer_size")]
+    write_buffer_size: isize,
+    #[pyo3(get, set, name = "_conn_lost")]
+    conn_lost: u64,
+    #[pyo3(get, set, name = "_ssl_writing_paused")]
+    ssl_writing_paused: bool,
+    #[pyo3(get, set, name = "_app_reading_paused")]
+    app_reading_paused: bool,
+    #[pyo3(get, set, name = "_ssl_reading_paused")]
+    ssl_reading_paused: bool,
+    #[pyo3(get, set, name = "_eof_received")]
+    eof_received: bool,
+    #[pyo3(get, set, name = "_app_writing_paused")]
+    app_writing_paused: bool,
+    #[pyo3(get, set, name = "_incoming_high_water")]
+    incoming_high_water: isize,
+    #[pyo3(get, set, name = "_incoming_low_water")]
+    incoming_low_water: isize,
+    #[pyo3(get, set, name = "_outgoing_high_water")]
+    outgoing_high_water: isize,
+    #[pyo3(get, set, name = "_outgoing_low_water")]
+    outgoing_low_water: isize,
+}
+
+fn bound<'py>(py: Python<'py>, o: &Option<Py<PyAny>>) -> Option<Bound<'py, PyAny>> {
+    o.as_ref().map(|o| o.clone_ref(py).into_bound(py))
+}
+
+impl TlsProtocol {
+    fn field<'py>(
+        slf: &Bound<'py, Self>,
+        f: impl FnOnce(&Self) -> &Option<Py<PyAny>>,
+    ) -> Option<Bound<'py, PyAny>> {
+        let me = slf.borrow();
+        bound(slf.py(), f(&me))
+    }
+
+    fn need<'py>(
+        slf: &Bound<'py, Self>,
+        f: impl FnOnce(&Self) -> &Option<Py<PyAny>>,
+        name: &str,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        Self::field(slf, f).ok_or_else(|| none_attr(slf.py(), name))
+    }
+
+    fn pending(obj: &Bound<'_, PyAny>) -> PyResult<isize> {
+        obj.getattr(intern!(obj.py(), "pending"))?.extract()
+    }
+
+    /// `_get_read_buffer_size`: `self._incoming.pending`.
+    fn read_buffer_size(slf: &Bound<'_, Self>) -> PyResult<isize> {
+        Self::pending(&Self::need(slf, |s| &s.incoming, "pending")?)
+    }
+
+    /// `_get_write_buffer_size`: `self._outgoing.pending + self._write_buffer_size`.
+    fn write_buffer_size_(slf: &Bound<'_, Self>) -> PyResult<isize> {
+        let n = Self::pending(&Self::need(slf, |s| &s.outgoing, "pending")?)?;
+        Ok(n + slf.borrow().write_buffer_size)
+    }
+
+    /// True when a `read` now could only raise SSLWantReadError (see the module docs).
+    fn nothing_to_read(slf: &Bound<'_, Self>, raw: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let py = slf.py();
+        if Self::read_buffer_size(slf)? != 0 {
+            return Ok(false);
+        }
+        let n: isize = raw.call_method0(intern!(py, "pending"))?.extract()?;
+        Ok(n == 0)
+    }
+
+    fn do_read_impl(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let (paused, is_buffer) = {
+            let me = slf.borrow();
+            (me.app_reading_paused, me.app_is_buffer)
+        };
+        if !paused {
+            if is_buffer {
+                Self::do_read_buffered(slf)?;
+            } else {
+                Self::do_read_copied(slf)?;
+            }
+            if slf.borrow().write_backlog.is_empty() {
+                Self::process_outgoing(slf)?;
+            } else {
+                Self::do_write(slf)?;
+            }
+        }
+        Self::control_ssl_reading(slf)
+    }
+
+    /// `_do_read__copied`: read until SSLWantReadError (or close_notify), then one
+    /// `data_received` with everything read.
+    ///
+    /// asyncio calls `read(max_size)`, which allocates a 256 KiB bytes object per record and
+    /// shrinks it (with glibc's default thresholds an mmap, page faults and a munmap per record).
+    /// Here the records are decrypted with `read(n, buffer)` into the protocol's own buffer (its
+    /// content was copied into the incoming BIO already, and nothing else uses it until this
+    /// returns: `data_received` runs after the loop), and one bytes object of the exact size is
+    /// made: the same data, the same calls to OpenSSL, the same exceptions.
+    fn do_read_copied(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let raw = Self::need(slf, |s| &s.raw, "read")?;
+        // the scratch buffer: the protocol's buffer (made by get_buffer) and its memoryview
+        Self::get_buffer(slf, MAX_SIZE as isize)?;
+        let (buf, view) = {
+            let me = slf.borrow();
+            match (&me.ssl_buffer, &me.ssl_view) {
+                (Some(b), Some(v)) => (
+                    b.clone_ref(py).into_bound(py),
+                    v.clone_ref(py).into_bound(py),
+                ),
+                _ => return Err(none_attr(py, "read")),
+            }
+        };
+        let cap = buf.len();
+        let mut offset = 0usize; // bytes decrypted into `buf`
+        let mut spill: Vec<u8> = Vec::new(); // when more than `cap` bytes come in one call
+        let mut eof = false;
+        loop {
+            if Self::nothing_to_read(slf, &raw)? {
+                break;
+            }
+            if offset == cap {
+                // SAFETY: GIL held; no Python code runs while the slice is borrowed (extend
+                // copies it), and the bytearray is not resized (a memoryview exports it).
+                spill.extend_from_slice(unsafe { &buf.as_bytes()[..offset] });
+                offset = 0;
+            }
+            let target = if offset == 0 {
+                view.clone()
+            } else {
+                view.get_item(PySlice::new(py, offset as isize, cap as isize, 1))?
+            };
+            match raw.call_method1(intern!(py, "read"), (cap - offset, target)) {
+                Ok(n) => {
+                    let n: usize = n.extract()?;
+                    if n == 0 {
+                        eof = true;
+                        break;
+                    }
+                    offset += n;
+                }
+                Err(err) if is_again(py, &err)? => break,
+                Err(err) => return Err(err),
+            }
+        }
+        if offset > 0 || !spill.is_empty() {
+            // SAFETY: as above; PyBytes::new copies the slice before any Python code runs.
+            let data = unsafe {
+                let done = &buf.as_bytes()[..offset];
+                if spill.is_empty() {
+                    PyBytes::new(py, done)
+                } else {
+                    spill.extend_from_slice(done);
+                    PyBytes::new(py, &spill)
+                }
+            };
+            let app = Self::need(slf, |s| &s.app_protocol, "data_received")?;
+            call_method1(&app, intern!(py, "data_received"), data.as_any())?;
+        }
+        if eof {
+            Self::close_notify(slf)?;
+        }
+        Ok(())
+    }
+
+    /// The end of both reads on an empty chunk: `_call_eof_received(); _start_shutdown()`.
+    fn close_notify(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        slf.call_method0(intern!(py, "_call_eof_received"))?;
+        slf.call_method0(intern!(py, "_start_shutdown"))?;
+        Ok(())
+    }
+
+    /// `_do_read__buffered`.
+    fn do_read_buffered(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let get_buffer = Self::need(slf, |s| &s.app_get_buffer, "get_buffer")?;
+        let updated = Self::need(slf, |s| &s.app_buffer_updated, "buffer_updated")?;
+        let raw = Self::need(slf, |s| &s.raw, "read")?;
+        let mut offset: usize = 0;
+        let mut count: usize = 1;
+        let size = Self::read_buffer_size(slf)?;
+        let buf = get_buffer.call1((size,))?;
+        let wants = buf.len()?;
+        let res: PyResult<()> = (|| {
+            count = raw
+                .call_method1(intern!(py, "read"), (wants, &buf))?
+                .extract()?;
+            if count > 0 {
+                offset = count;
+                let mut complete = true;
+                while offset < wants {
+                    let tail = buf.get_item(PySlice::new(py, offset as isize, isize::MAX, 1))?;
+                    count = raw
+                        .call_method1(intern!(py, "read"), (wants - offset, tail))?
+                        .extract()?;
+                    if count > 0 {
+                        offset += count;
+                    } else {
+                        complete = false;
+                        break;
+                    }
+                }
+                if complete {
+                    let lp = Self::need(slf, |s| &s.loop_, "call_soon")?;
+                    lp.call_method1(
+                        intern!(py, "call_soon"),
+                        (slf.getattr(intern!(py, "_do_read"))?,),
+                    )?;
+                }
+            }
+            Ok(())
+        })();
+        match res {
+            Ok(()) => {}
+            Err(err) if is_again(py, &err)? => {}
+            Err(err) => return Err(err),
+        }
+        if offset > 0 {
+            updated.call1((offset,))?;
+        }
+        if count == 0 {
+            Self::close_notify(slf)?;
+        }
+        Ok(())
+    }
+
+    /// `_do_write`.
+    fn do_write(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let raw = Self::need(slf, |s| &s.raw, "write")?;
+        loop {
+            let front = {
+                let me = slf.borrow();
+                match me.write_backlog.front() {
+                    Some(d) => d.clone_ref(py).into_bound(py),
+                    None => break,
+                }
+            };
+            match call_method1(&raw, intern!(py, "write"), &front) {
+                Ok(count) => {
+                    let count: isize = count.extract()?;
+                    let data_len = front.len()? as isize;
+                    if count < data_len {
+                        let rest = front
+                            .get_item(PySlice::new(py, count, isize::MAX, 1))?
+                            .unbind();
+                        let old = {
+                            let mut me = slf.borrow_mut();
+                            me.write_buffer_size -= count;
+                            me.write_backlog
+                                .front_mut()
+                                .map(|d| std::mem::replace(d, rest))
+                        };
+                        drop(old);
+                    } else {
+                        let old = {
+                            let mut me = slf.borrow_mut();
+                            me.write_buffer_size -= data_len;
+                            me.write_backlog.pop_front()
+                        };
+                        drop(old);
+                    }
+                }
+                Err(err) if is_again(py, &err)? => break,
+                Err(err) => return Err(err),
+            }
+        }
+        Self::process_outgoing(slf)
+    }
+
+    /// `_process_outgoing`.
+    fn process_outgoing(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        if !slf.borrow().ssl_writing_paused {
+            let outgoing = Self::need(slf, |s| &s.outgoing, "read")?;
+            if Self::pending(&outgoing)? > 0 {
+                let data = outgoing.call_method0(intern!(py, "read"))?;
+                if data.len()? > 0 {
+                    let tr = Self::need(slf, |s| &s.transport, "write")?;
+                    call_method1(&tr, intern!(py, "write"), &data)?;
+                }
+            }
+        }
+        Self::control_app_writing(slf)
+    }
+
+    /// `_control_app_writing`.
+    fn control_app_writing(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let size = Self::write_buffer_size_(slf)?;
+        let (hi, lo, paused) = {
+            let me = slf.borrow();
+            (
+                me.outgoing_high_water,
+                me.outgoing_low_water,
+                me.app_writing_paused,
+            )
+        };
+        let name = if size >= hi && !paused {
+            slf.borrow_mut().app_writing_paused = true;
+            intern!(py, "pause_writing")
+        } else if size <= lo && paused {
+            slf.borrow_mut().app_writing_paused = false;
+            intern!(py, "resume_writing")
+        } else {
+            return Ok(());
+        };
+        let res = match Self::field(slf, |s| &s.app_protocol) {
+            Some(app) => app.call_method0(name).map(|_| ()),
+            None => Err(none_attr(py, name.to_str()?)),
+        };
+        if let Err(err) = res {
+            if errors::is_exit(py, &err) {
+                return Err(err);
+            }
+            slf.call_method1(
+                intern!(py, "_app_writing_failed"),
+                (name, err.into_value(py)),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `_control_ssl_reading`.
+    fn control_ssl_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let size = Self::read_buffer_size(slf)?;
+        let (hi, lo, paused) = {
+            let me = slf.borrow();
+            (
+                me.incoming_high_water,
+                me.incoming_low_water,
+                me.ssl_reading_paused,
+            )
+        };
+        let name = if size >= hi && !paused {
+            slf.borrow_mut().ssl_reading_paused = true;
+            intern!(py, "pause_reading")
+        } else if size <= lo && paused {
+            slf.borrow_mut().ssl_reading_paused = false;
+            intern!(py, "resume_reading")
+        } else {
+            return Ok(());
+        };
+        let tr = Self::need(slf, |s| &s.transport, name.to_str()?)?;
+        tr.call_method0(name)?;
+        Ok(())
+    }
+
+    /// `_write_appdata` after the data went into the backlog.
+    fn write_appdata_tail(slf: &Bound<'_, Self>) -> PyResult<()> {
+        if slf.borrow().st == WRAPPED {
+            let res = Self::do_write(slf);
+            return fatal_on_exception(slf.as_any(), res, SSL_PROTOCOL_FAILED);
+        }
+        Ok(())
+    }
+
+    /// `_write_appdata`'s check of a closed connection; true when the data is dropped.
+    fn write_closed(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        let (st, lost) = {
+            let me = slf.borrow();
+            (me.st, me.conn_lost)
+        };
+        if matches!(st, FLUSHING | SHUTDOWN | UNWRAPPED) {
+            if lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
+                slf.call_method0(intern!(slf.py(), "_log_closed_write"))?;
+            }
+            slf.borrow_mut().conn_lost += 1;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+#[pymethods]
+impl TlsProtocol {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
+        TlsProtocol {
+            st: UNWRAPPED,
+            loop_: None,
+            app_protocol: None,
+            app_get_buffer: None,
+            app_buffer_updated: None,
+            app_is_buffer: false,
+            app_transport: None,
+            transport: None,
+            raw: None,
+            incoming: None,
+            outgoing: None,
+            extra: None,
+            ssl_buffer: None,
+            ssl_view: None,
+            write_backlog: VecDeque::new(),
+            write_buffer_size: 0,
+            conn_lost: 0,
+            ssl_writing_paused: false,
+            app_reading_paused: false,
+            ssl_reading_paused: false,
+            eof_received: false,
+            app_writing_paused: false,
+            incoming_high_water: 0,
+            incoming_low_water: 0,
+            outgoing_high_water: 0,
+            outgoing_low_water: 0,
+        }
+    }
+
+    /// `_set_app_protocol`.
+    fn _set_app_protocol(slf: &Bound<'_, Self>, app_protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let mut gb = None;
+        let mut bu = None;
+        // asyncio: `hasattr(app_protocol, 'get_buffer') and isinstance(app_protocol,
+        // protocols.BufferedProtocol)`.
+        if app_protocol.hasattr(intern!(py, "get_buffer"))? {
+            let bp = py
+                .import("asyncio.protocols")?
+                .getattr("BufferedProtocol")?;
+            if app_protocol.is_instance(&bp)? {
+                gb = Some(app_protocol.getattr(intern!(py, "get_buffer"))?.unbind());
+                bu = Some(
+                    app_protocol
+                        .getattr(intern!(py, "buffer_updated"))?
+                        .unbind(),
+                );
+            }
+        }
+        let old = {
+            let mut me = slf.borrow_mut();
+            me.app_is_buffer = gb.is_some();
+            (
+                me.app_protocol.replace(app_protocol.clone().unbind()),
+                std::mem::replace(&mut me.app_get_buffer, gb),
+                std::mem::replace(&mut me.app_buffer_updated, bu),
+            )
+        };
+        drop(old);
+        Ok(())
+    }
+
+    /// Set `_app_protocol` to None (connection_lost).
+    fn _drop_app_protocol(slf: &Bound<'_, Self>) {
+        let old = {
+            let mut me = slf.borrow_mut();
+            (
+                me.app_protocol.take(),
+                me.app_get_buffer.take(),
+                me.app_buffer_updated.take(),
+            )
+        };
+        drop(old);
+    }
+
+    /// `self._write_backlog.clear()`.
+    fn _clear_write_backlog(slf: &Bound<'_, Self>) {
+        let old = std::mem::take(&mut slf.borrow_mut().write_backlog);
+        drop(old);
+    }
+
+    #[getter]
+    fn _write_backlog<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyTuple>> {
+        let py = slf.py();
+        let items: Vec<Py<PyAny>> = slf
+            .borrow()
+            .write_backlog
+            .iter()
+            .map(|d| d.clone_ref(py))
+            .collect();
+        PyTuple::new(py, items)
+    }
+
+    /// asyncio's `_SSLProtocolTransport._test__append_write_backlog`.
+    #[pyo3(name = "_test__append_write_backlog")]
+    fn test_append_write_backlog(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let n = data.len()? as isize;
+        let mut me = slf.borrow_mut();
+        me.write_backlog.push_back(data.clone().unbind());
+        me.write_buffer_size += n;
+        Ok(())
+    }
+
+    /// The `_state` attribute, as asyncio's `SSLProtocolState` member.
+    #[getter]
+    fn _state<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let names = [
+            "UNWRAPPED",
+            "DO_HANDSHAKE",
+            "WRAPPED",
+            "FLUSHING",
+            "SHUTDOWN",
+        ];
+        let st = slf.borrow().st as usize;
+        py.import("asyncio.sslproto")?
+            .getattr("SSLProtocolState")?
+            .getattr(names[st.min(4)])
+    }
+
+    /// `get_buffer(n)` (the socket side).
+    fn get_buffer<'py>(slf: &Bound<'py, Self>, n: isize) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let want = if n <= 0 || n as usize > MAX_SIZE {
+            MAX_SIZE
+        } else {
+            n as usize
+        };
+        let have = {
+            let me = slf.borrow();
+            match (&me.ssl_buffer, &me.ssl_view) {
+                (Some(b), Some(v)) if b.bind(py).len() >= want => Some(v.clone_ref(py)),
+                _ => None,
+            }
+        };
+        if let Some(v) = have {
+            return Ok(v.into_bound(py));
+        }
+        let buf = PyByteArray::new_with(py, want, |_| Ok(()))?;
+        let view = PyMemoryView::from(buf.as_any())?.into_any();
+        let old = {
+            let mut me = slf.borrow_mut();
+            (
+                me.ssl_buffer.replace(buf.unbind()),
+                me.ssl_view.replace(view.clone().unbind()),
+            )
+        };
+        drop(old);
+        Ok(view)
+    }
+
+    /// `buffer_updated(nbytes)` (the socket side): feed the incoming BIO, then the state's step.
+    fn buffer_updated(slf: &Bound<'_, Self>, nbytes: isize) -> PyResult<()> {
+        let py = slf.py();
+        let view = Self::need(slf, |s| &s.ssl_view, "__getitem__")?;
+        let part = if nbytes >= 0 && nbytes as usize == view.len()? {
+            view
+        } else {
+            view.get_item(PySlice::new(py, 0, nbytes, 1))?
+        };
+        let incoming = Self::need(slf, |s| &s.incoming, "write")?;
+        call_method1(&incoming, intern!(py, "write"), &part)?;
+        drop(part);
+        let st = slf.borrow().st;
+        match st {
+            DO_HANDSHAKE => {
+                slf.call_method0(intern!(py, "_do_handshake"))?;
+            }
+            WRAPPED => Self::_do_read(slf)?,
+            FLUSHING => {
+                slf.call_method0(intern!(py, "_do_flush"))?;
+            }
+            SHUTDOWN => {
+                slf.call_method0(intern!(py, "_do_shutdown"))?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// `_do_read`.
+    fn _do_read(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let st = slf.borrow().st;
+        if st != WRAPPED && st != FLUSHING {
+            return Ok(());
+        }
+        let res = Self::do_read_impl(slf);
+        fatal_on_exception(slf.as_any(), res, SSL_PROTOCOL_FAILED)
+    }
+
+    /// `_do_write`.
+    #[pyo3(name = "_do_write")]
+    fn py_do_write(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::do_write(slf)
+    }
+
+    /// `_process_outgoing`.
+    #[pyo3(name = "_process_outgoing")]
+    fn py_process_outgoing(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::process_outgoing(slf)
+    }
+
+    /// `_control_app_writing`.
+    #[pyo3(name = "_control_app_writing")]
+    fn py_control_app_writing(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::control_app_writing(slf)
+    }
+
+    /// `_control_ssl_reading`.
+    #[pyo3(name = "_control_ssl_reading")]
+    fn py_control_ssl_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::control_ssl_reading(slf)
+    }
+
+    fn _get_write_buffer_size(slf: &Bound<'_, Self>) -> PyResult<isize> {
+        Self::write_buffer_size_(slf)
+    }
+
+    fn _get_read_buffer_size(slf: &Bound<'_, Self>) -> PyResult<isize> {
+        Self::read_buffer_size(slf)
+    }
+
+    /// `_write_appdata(list_of_data)`.
+    fn _write_appdata(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        if Self::write_closed(slf)? {
+            return Ok(());
+        }
+        for data in list_of_data.try_iter()? {
+            let data = data?;
+            let n = data.len()? as isize;
+            let mut me = slf.borrow_mut();
+            me.write_backlog.push_back(data.unbind());
+            me.write_buffer_size += n;
+        }
+        Self::write_appdata_tail(slf)
+    }
+
+    /// The app transport's `write(data)`: asyncio's checks, then `_write_appdata((data,))`.
+    fn _app_write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let ok = data.is_instance_of::<PyBytes>()
+            || data.is_instance_of::<PyByteArray>()
+            || data.is_instance_of::<PyMemoryView>();
+        if !ok {
+            let tname = data.get_type().name()?;
+            return Err(PyTypeError::new_err(format!(
+                "data: expecting a bytes-like instance, got {tname}"
+            )));
+        }
+        if !data.is_truthy()? {
+            return Ok(());
+        }
+        if Self::write_closed(slf)? {
+            return Ok(());
+        }
+        let n = data.len()? as isize;
+        {
+            let mut me = slf.borrow_mut();
+            me.write_backlog.push_back(data.clone().unbind());
+            me.write_buffer_size += n;
+        }
+        Self::write_appdata_tail(slf)
+    }
+
+    /// `_get_extra_info(name, default=None)`.
+    #[pyo3(signature = (name, default=None))]
+    fn _get_extra_info<'py>(
+        slf: &Bound<'py, Self>,
+        name: &Bound<'py, PyAny>,
+        default: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let default = match default {
+            Some(d) => d.clone(),
+            None => py.None().into_bound(py),
+        };
+        let extra = slf
+            .borrow()
+            .extra
+            .as_ref()
+            .map(|e| e.clone_ref(py).into_bound(py));
+        if let Some(extra) = extra {
+            if let Some(v) = extra.get_item(name)? {
+                return Ok(v);
+            }
+        }
+        match Self::field(slf, |s| &s.transport) {
+            Some(tr) => tr.call_method1(intern!(py, "get_extra_info"), (name, default)),
+            None => Ok(default),
+        }
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        for o in [
+            &self.loop_,
+            &self.app_protocol,
+            &self.app_get_buffer,
+            &self.app_buffer_updated,
+            &self.app_transport,
+            &self.transport,
+            &self.raw,
+            &self.incoming,
+            &self.outgoing,
+            &self.ssl_view,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            visit.call(o)?;
+        }
+        if let Some(e) = &self.extra {
+            visit.call(e)?;
+        }
+        if let Some(b) = &self.ssl_buffer {
+            visit.call(b)?;
+        }
+        for d in &self.write_backlog {
+            visit.call(d)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        self.loop_ = None;
+        self.app_protocol = None;
+        self.app_get_buffer = None;
+        self.app_buffer_updated = None;
+        self.app_transport = None;
+        self.transport = None;
+        self.raw = None;
+        self.incoming = None;
+        self.outgoing = None;
+        self.extra = None;
+        self.ssl_buffer = None;
+        self.ssl_view = None;
+        self.write_backlog.clear();
+    }
+}
