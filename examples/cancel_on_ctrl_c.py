@@ -29,6 +29,7 @@ async def worker(name, period):
 async def main():
     loop = asyncio.get_running_loop()
     loop.call_later(0.3, os.kill, os.getpid(), signal.SIGINT)      # "press Ctrl-C" in 0.3 s
+    print("main: this program sends itself SIGINT (what Ctrl-C sends) in 0.3 s")
 
     tasks = [asyncio.create_task(worker(name, period), name=name)
              for name, period in [("downloader", 0.07), ("parser", 0.11), ("writer", 0.13)]]
