@@ -187,6 +187,15 @@ def test_aiohttp_run_app(flavor, tmp_path):
     assert body == EXPECTED[flavor.name]
 
 
+def test_aiohttp_run_app_under_ferroloop_run(tmp_path):
+    # python -m ferroloop run server.py: run_app() without loop= asks asyncio for a new loop.
+    script = write(tmp_path / 'server.py', AIOHTTP_SERVER)
+    body, output = serve_and_ask([sys.executable, '-m', 'ferroloop', 'run', str(script), 'default'],
+                                 tmp_path, lambda fd: [str(fd)])
+    assert body == EXPECTED['ferroloop']
+    assert 'RuntimeWarning' not in output
+
+
 PYTEST_ASYNCIO_CONFTEST = '''\
 import ferroloop
 
