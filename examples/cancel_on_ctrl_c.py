@@ -41,6 +41,9 @@ async def main():
 
 
 if __name__ == "__main__":
+    # A program started with SIGINT ignored (a background job of a shell script, for example)
+    # keeps it ignored, and Ctrl-C would do nothing: make it raise KeyboardInterrupt again.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         asyncio.run(main())
     except KeyboardInterrupt:
