@@ -249,6 +249,25 @@ def test_pytest_asyncio(flavor, tmp_path):
     assert loops == [EXPECTED[flavor.name]] * 2, r.stdout
 
 
+def test_pytest_asyncio_both_loops(tmp_path):
+    # More factories from the hook: each test runs once per loop, with the factory's name as id.
+    write(tmp_path / 'pytest.ini', '[pytest]\nasyncio_mode = strict\n'
+                                   'asyncio_default_fixture_loop_scope = function\n')
+    write(tmp_path / 'conftest.py', PYTEST_ASYNCIO_CONFTEST.replace(
+        'return {"ferroloop"',
+        'import asyncio\n    return {"asyncio": asyncio.SelectorEventLoop, "ferroloop"'))
+    write(tmp_path / 'test_tiny.py', PYTEST_ASYNCIO_TEST)
+    r = subprocess.run([sys.executable, '-m', 'pytest', '-s', '-v', '-p', 'no:cacheprovider',
+                        '-p', 'asyncio', '-c', str(tmp_path / 'pytest.ini'),
+                        '--rootdir', str(tmp_path), str(tmp_path)],
+                       cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert '4 passed' in r.stdout, r.stdout
+    for name in ('asyncio', 'ferroloop'):
+        for test in ('test_runs_on_the_loop', 'test_async_fixture'):
+            assert f'test_tiny.py::{test}[{name}] LOOP {EXPECTED[name]}' in r.stdout, r.stdout
+
+
 IPYTHON_SESSION = '''\
 import asyncio
 async def which_loop():
