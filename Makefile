@@ -48,9 +48,9 @@ build: .venv/$(V)/.built ## build the extension (release) into .venv/$(V)
 # --- the two commands of the README -------------------------------------------------------------
 .PHONY: demo
 demo: ## set up from scratch and run the demo: examples on ferroloop + a short timing vs asyncio (and uvloop)
-	@echo "demo [1/4] virtualenv .venv/$(V) ($(call py_of,$(V))) with the build tools of requirements-dev.txt (first time: ~30 s)"
+	@echo "demo [1/4] virtualenv .venv/$(V) ($(call py_of,$(V))) with the build and test tools of requirements-dev.txt (first time only)"
 	@$(MAKE) --no-print-directory -s .venv/$(V)/.ready
-	@echo "demo [2/4] compiling ferroloop (Rust, release build) into .venv/$(V) (first time: 1-3 min)"
+	@echo "demo [2/4] compiling ferroloop (Rust, release build) into .venv/$(V) (first time, and after a change: 1-4 min)"
 	@$(MAKE) --no-print-directory -s .venv/$(V)/.built
 	@echo "demo [3/4] uvloop, for the comparison (examples/requirements-demo.txt)"
 	@$(MAKE) --no-print-directory -s .venv/$(V)/.demo
