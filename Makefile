@@ -63,15 +63,19 @@ demo: ## set up from scratch and run the demo: examples on ferroloop + a short t
 .PRECIOUS: .venv/%/.demo
 
 .PHONY: test
-test: test-rust check-stubs $(addprefix test-py-,$(VERSIONS)) $(addprefix conformance-,$(VERSIONS)) test-wheel ## everything: cargo tests, stub check, pytest and conformance on $(VERSIONS), the 3.11 wheel check
+test: services test-rust check-stubs $(addprefix test-py-,$(VERSIONS)) $(addprefix conformance-,$(VERSIONS)) test-wheel ## everything: cargo tests, stub check, pytest and conformance on $(VERSIONS), the 3.11 wheel check
 	@echo "make test: all suites passed"
 
 # --- suites -------------------------------------------------------------------------------------
+.PHONY: services
+services: ## install PostgreSQL and Redis if missing (apt-get, as root); the tests start their own servers
+	.ci/services.sh
+
 .PHONY: test-rust
 test-rust: ## cargo test of the pure-Rust core
 	cargo test -p ferroloop-core
 
-test-py-%: .venv/%/.built ## pytest on one Python version, e.g. make test-py-3.12
+test-py-%: .venv/%/.built services ## pytest on one Python version, e.g. make test-py-3.12
 	.venv/$*/bin/python -m pytest -q tests
 
 conformance-%: .venv/%/.built ## CPython's own test_asyncio against ferroloop on one version

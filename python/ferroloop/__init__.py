@@ -11,12 +11,14 @@ import sys as _sys
 
 from . import _ferroloop
 from ._loop import Loop
+from ._stats import enable_timing, stats
 
 __version__: str = _ferroloop.__version__
 #: "release" or "debug": how the Rust extension was compiled.
 BUILD_PROFILE: str = _ferroloop.BUILD_PROFILE
 
-__all__ = ('Loop', 'new_event_loop', 'run', 'install', 'EventLoopPolicy', '__version__', 'BUILD_PROFILE')
+__all__ = ('Loop', 'new_event_loop', 'run', 'install', 'EventLoopPolicy', 'stats', 'enable_timing',
+           '__version__', 'BUILD_PROFILE')
 
 
 def new_event_loop() -> Loop:

@@ -262,7 +262,10 @@ class _SelectorView:
         loop = self._loop()
         if loop is None or loop.is_closed():
             raise KeyError(f"{fileobj!r} is not registered")
-        fd = loop._io_lookup(fileobj)
+        try:
+            fd = loop._io_lookup(fileobj)
+        except OverflowError:  # not a C int: never registered
+            raise KeyError(f"{fileobj!r} is not registered") from None
         entry = loop._io_key(fd)
         if entry is None:
             raise KeyError(f"{fileobj!r} is not registered")

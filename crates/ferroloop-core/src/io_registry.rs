@@ -302,6 +302,16 @@ impl<T, K> IoRegistry<T, K> {
         self.fds.keys().copied()
     }
 
+    /// `(readers, writers)` registered (telemetry).
+    pub fn counts(&self) -> (usize, usize) {
+        self.fds.values().fold((0, 0), |(r, w), e| {
+            (
+                r + usize::from(e.reader.is_some()),
+                w + usize::from(e.writer.is_some()),
+            )
+        })
+    }
+
     /// Every item (for garbage-collector traversal).
     pub fn iter(&self) -> impl Iterator<Item = &T> {
         self.fds
@@ -336,6 +346,9 @@ mod tests {
             "the first registration's object stays"
         );
         assert_eq!(r.len(), 1);
+        assert_eq!(r.counts(), (1, 1));
+        assert_eq!(r.set(6, Direction::Read, "r2", "sock2"), (None, None));
+        assert_eq!(r.counts(), (2, 1));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - [`poller`]  — level-triggered readiness polling (epoll on Linux, see [`sys`]).
 //! - [`waker`]   — cross-thread wake-up of a loop blocked in the poller, coalescing wake-ups.
 //! - [`signals`] — the pipe CPython's signal handler writes to, waking a loop blocked in the poller.
+//! - [`stats`]   — loop telemetry: always-on counters, opt-in timing (histograms, slowest callbacks).
 //! - [`timeout`] — converting a timer deadline into a poll timeout that is rounded up, never down.
 //! - [`sys`]     — the OS-specific pieces, one small file per OS facility.
 //!
@@ -21,6 +22,7 @@ pub mod io_registry;
 pub mod poller;
 pub mod ready;
 pub mod signals;
+pub mod stats;
 pub mod sys;
 pub mod timeout;
 pub mod timers;

@@ -23,10 +23,8 @@ impl Wait {
     /// Wait until `deadline` (seconds on the loop clock) seen from `now`.
     pub fn until(deadline: f64, now: f64) -> Wait {
         let delay = deadline - now;
-        if delay.is_nan() {
-            return Wait::Forever; // a NaN deadline never becomes due
-        }
-        if delay <= 0.0 {
+        // A NaN deadline is due (asyncio: `max(0, nan)` is 0), as the timer queue treats it.
+        if delay.is_nan() || delay <= 0.0 {
             return Wait::Poll;
         }
         let delay = delay.min(MAXIMUM_SELECT_TIMEOUT);
@@ -69,8 +67,9 @@ mod tests {
     }
 
     #[test]
-    fn nan_waits_forever() {
-        assert_eq!(Wait::until(f64::NAN, 0.0), Wait::Forever);
+    fn nan_polls() {
+        assert_eq!(Wait::until(f64::NAN, 0.0), Wait::Poll);
+        assert_eq!(Wait::until(f64::NEG_INFINITY, 0.0), Wait::Poll);
         assert_eq!(Wait::Forever.as_epoll_timeout(), -1);
     }
 }

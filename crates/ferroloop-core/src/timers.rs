@@ -5,6 +5,10 @@
 //!   scheduled (the heap key is `(deadline, sequence)`, so ties are FIFO — stricter than asyncio's
 //!   plain `heapq`, which leaves ties unordered).
 //! - A timer never fires early: it is due only when `deadline <= now`.
+//! - A NaN deadline is due at once and sorts before every other deadline (NaN timers among
+//!   themselves in scheduling order). asyncio compares NaN as neither earlier nor later than
+//!   anything, so where its `heapq` puts such an entry decides when it runs; on top of the heap
+//!   (no other timer pending) it runs in the next iteration, which is what happens here always.
 //! - Cancelling costs one flag (kept by the owner of the entry, read through the `is_cancelled`
 //!   closure) and one counter increment here. Cancelled entries are dropped lazily: from the top of
 //!   the heap when they surface, and by a full purge once they are more than half of a heap of more
@@ -29,10 +33,20 @@ struct Entry<T> {
 impl<T> Entry<T> {
     #[inline]
     fn key_cmp(&self, other: &Self) -> Ordering {
-        // total_cmp: a NaN deadline sorts after +inf instead of breaking the heap.
-        self.deadline
-            .total_cmp(&other.deadline)
+        // A NaN deadline orders as -inf (due at once); total_cmp keeps the order total.
+        order_key(self.deadline)
+            .total_cmp(&order_key(other.deadline))
             .then(self.seq.cmp(&other.seq))
+    }
+}
+
+/// The deadline used for ordering: NaN is due at once.
+#[inline]
+fn order_key(deadline: f64) -> f64 {
+    if deadline.is_nan() {
+        f64::NEG_INFINITY
+    } else {
+        deadline
     }
 }
 
@@ -106,9 +120,9 @@ impl<T> TimerQueue<T> {
         self.cancelled += 1;
     }
 
-    /// Deadline of the earliest entry (cancelled or not).
+    /// Deadline of the earliest entry (cancelled or not); a NaN deadline reads as -inf (due).
     pub fn next_deadline(&self) -> Option<f64> {
-        self.heap.peek().map(|e| e.deadline)
+        self.heap.peek().map(|e| order_key(e.deadline))
     }
 
     /// Whether a full purge is worth it now (asyncio's rule).
@@ -155,11 +169,8 @@ impl<T> TimerQueue<T> {
         mut out: impl FnMut(T),
     ) {
         while let Some(top) = self.heap.peek() {
-            // Due means deadline <= now; a NaN deadline compares as None and is never due.
-            if !matches!(
-                top.deadline.partial_cmp(&now),
-                Some(Ordering::Less | Ordering::Equal)
-            ) {
+            // Due means deadline <= now; a NaN deadline is always due.
+            if order_key(top.deadline) > now {
                 break;
             }
             if let Some(e) = self.heap.pop() {
@@ -249,14 +260,17 @@ mod tests {
     }
 
     #[test]
-    fn nan_deadline_never_fires_and_does_not_break_order() {
+    fn nan_deadline_is_due_at_once_and_first() {
         let mut q = TimerQueue::new();
-        q.push(f64::NAN, t(1));
-        q.push(1.0, t(2));
+        q.push(1.0, t(1));
+        q.push(f64::NAN, t(2));
         q.push(f64::INFINITY, t(3));
+        q.push(f64::NAN, t(4));
+        assert_eq!(q.next_deadline(), Some(f64::NEG_INFINITY));
+        assert_eq!(due(&mut q, 0.0), vec![2, 4]);
         assert_eq!(q.next_deadline(), Some(1.0));
-        assert_eq!(due(&mut q, 1e300), vec![2]);
-        assert_eq!(q.len(), 2);
+        assert_eq!(due(&mut q, 1e300), vec![1]);
+        assert_eq!(q.len(), 1);
     }
 
     #[test]

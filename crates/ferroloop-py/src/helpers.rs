@@ -2,27 +2,27 @@
 //! `ferroloop._handles`. They reuse asyncio's own formatting so messages match byte for byte.
 
 use pyo3::prelude::*;
-use pyo3::sync::GILOnceCell;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyTuple};
 
 pub struct Helpers {
-    pub callback_failed: PyObject,
-    pub handle_repr: PyObject,
-    pub source_traceback: PyObject,
-    pub slow_callback: PyObject,
-    pub fileobj_to_fd: PyObject,
+    pub callback_failed: Py<PyAny>,
+    pub handle_repr: Py<PyAny>,
+    pub source_traceback: Py<PyAny>,
+    pub slow_callback: Py<PyAny>,
+    pub fileobj_to_fd: Py<PyAny>,
     /// `asyncio.futures` and `asyncio.tasks`: `Future`/`Task` are looked up on each call, as the
     /// stdlib's own `create_future`/`create_task` do.
-    pub futures: PyObject,
-    pub tasks: PyObject,
+    pub futures: Py<PyAny>,
+    pub tasks: Py<PyAny>,
     /// `BaseEventLoop.create_task`, for the task-factory path (differs across versions).
-    pub create_task_with_factory: PyObject,
+    pub create_task_with_factory: Py<PyAny>,
     /// `("loop",)` and `("loop", "name", "context")`, keyword names for vectorcalls.
     pub kw_loop: Py<PyTuple>,
     pub kw_loop_name_context: Py<PyTuple>,
 }
 
-static HELPERS: GILOnceCell<Helpers> = GILOnceCell::new();
+static HELPERS: PyOnceLock<Helpers> = PyOnceLock::new();
 
 pub fn get(py: Python<'_>) -> PyResult<&'static Helpers> {
     HELPERS.get_or_try_init(py, || {

@@ -1,38 +1,30 @@
 //! ferroloop-py: the PyO3 layer mapping `ferroloop-core` onto asyncio's event loop API.
 //!
-//! Table of contents:
-//! - [`gil`]       — `GilCell`, interior mutability for state that is only touched under the GIL.
-//! - [`handle`]    — `Handle` / `TimerHandle`: asyncio's handle interface, and running a callback
-//!   inside its `contextvars.Context`.
-//! - [`loop_core`] — `LoopCore`, the Rust base class of `ferroloop.Loop`: scheduling methods,
-//!   flags, and the entry points of the run loop.
-//! - [`slots`]     — `call_soon` and `time` as per-loop slots read by a data descriptor.
-//! - [`io`]        — readers and writers (`_add_reader` …) and dispatching poller events.
-//! - [`iteration`] — one loop iteration (`_run_once`): timers, polling, running the ready batch.
-//! - [`transport`] — `SocketPump`: the per-message path of socket transports (read →
-//!   `data_received`, `write` straight to the socket); asyncio's transport class does the rest.
-//! - [`sockio`]    — recv/send with the `socket` module's results and errors.
-//! - [`sockops`]   — `sock_recv`/`sock_sendall`: the attempt, the wait and the clean-up.
-//! - [`helpers`]   — the Python helpers (in `ferroloop._handles`) used on slow paths, so error
-//!   messages and reprs are asyncio's own.
+//! Areas, each with its contract in its module docs; dependencies point one way only:
+//! `api` → `runtime`, `transports` → `runtime`, and all of them → the leaves.
 //!
-//! The module is built for GIL-enabled CPython only (it does not declare free-threading
-//! support); `GilCell` relies on that.
+//! - [`runtime`]    — the event loop: `LoopCore` (the only code touching its fields), one
+//!   iteration, readers and writers, `Handle`/`TimerHandle`.
+//! - [`api`]        — `LoopCore`'s Python-visible methods, the fast-call entry points and slot
+//!   descriptors: the only raw type-object code and the only private PyO3 API.
+//! - [`transports`] — the per-message paths of socket transports and `sock_*` calls, on a shared
+//!   base (fatal-error path, exit-exception filter, protocol calls).
+//! - Leaves: [`errors`] (the one `OSError` conversion, CPython's text), [`gil`] (`GilCell`),
+//!   [`helpers`] (Python helpers of the slow paths).
+//!
+//! This file is wiring only. The module is built for GIL-enabled CPython only and says so
+//! (`gil_used = true`): `GilCell` and the slots rely on the GIL serialising all access.
 
 use pyo3::prelude::*;
 
+mod api;
+mod errors;
 mod gil;
-mod handle;
 mod helpers;
-mod io;
-mod iteration;
-mod loop_core;
-mod slots;
-mod sockio;
-mod sockops;
-mod transport;
+mod runtime;
+mod transports;
 
-#[pymodule]
+#[pymodule(gil_used = true)]
 fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add(
@@ -43,14 +35,10 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
             "release"
         },
     )?;
-    m.add_class::<handle::Handle>()?;
-    m.add_class::<handle::TimerHandle>()?;
-    m.add_class::<loop_core::LoopCore>()?;
-    m.add_class::<slots::SlotDescriptor>()?;
-    slots::install(m.py())?;
-    m.add_class::<transport::SocketPump>()?;
-    m.add_class::<sockops::SockOp>()?;
-    m.add_function(wrap_pyfunction!(sockops::sock_recv, m)?)?;
-    m.add_function(wrap_pyfunction!(sockops::sock_sendall, m)?)?;
+    m.add_class::<runtime::Handle>()?;
+    m.add_class::<runtime::TimerHandle>()?;
+    m.add_class::<runtime::LoopCore>()?;
+    api::register(m)?;
+    transports::register(m)?;
     Ok(())
 }

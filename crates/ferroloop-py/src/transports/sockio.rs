@@ -1,12 +1,14 @@
 //! The socket syscalls of the per-message paths (transports and `sock_*`), with the `socket`
-//! module's results: bytes objects, and `OSError`s built from errno exactly as `socket.recv` and
-//! `socket.send` raise them (`ConnectionResetError(104, 'Connection reset by peer')`, …).
+//! module's results: bytes objects, and `OSError`s built from errno (`errors::last_os_error`) exactly as
+//! `socket.recv` and `socket.send` raise them (`ConnectionResetError(104, 'Connection reset by peer')`, …).
 
 use std::cell::RefCell;
 
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
+
+use crate::errors;
 
 /// The largest read that goes through the per-thread buffer (asyncio's transports read 256 KiB).
 pub(crate) const MAX_BUFFERED_READ: usize = 256 * 1024;
@@ -38,7 +40,7 @@ fn outcome(py: Python<'_>, n: isize) -> PyResult<Io<usize>> {
     } else if would_block() {
         Ok(Io::WouldBlock)
     } else {
-        Err(os_error(py))
+        Err(errors::last_os_error(py))
     }
 }
 
@@ -47,14 +49,6 @@ fn would_block() -> bool {
         std::io::Error::last_os_error().raw_os_error(),
         Some(libc::EAGAIN) | Some(libc::EINTR)
     )
-}
-
-/// The OSError for the current errno, as the `socket` module raises it.
-pub(crate) fn os_error(py: Python<'_>) -> PyErr {
-    // SAFETY: GIL held; PyErr_SetFromErrno reads errno (still the failed call's: nothing ran in
-    // between) and sets the exception, which fetch takes.
-    unsafe { ffi::PyErr_SetFromErrno(ffi::PyExc_OSError) };
-    PyErr::fetch(py)
 }
 
 /// `recv(fd, max)` (max ≤ MAX_BUFFERED_READ) as a bytes object.
@@ -98,7 +92,7 @@ pub(crate) fn send(py: Python<'_>, fd: i32, bytes: &[u8]) -> PyResult<Io<usize>>
 /// `f(bytes)` over the contents of bytes, a bytearray or a contiguous memoryview; `None` for
 /// anything else (the caller then lets Python decide, with Python's errors).
 pub(crate) fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
-    if let Ok(b) = data.downcast_exact::<PyBytes>() {
+    if let Ok(b) = data.cast_exact::<PyBytes>() {
         return Some(f(b.as_bytes()));
     }
     if !(data.is_exact_instance_of::<PyByteArray>() || data.is_exact_instance_of::<PyMemoryView>())

@@ -19,37 +19,37 @@
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering::Relaxed};
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::ffi;
-use pyo3::impl_::pyclass_init::PyObjectInit;
 use pyo3::prelude::*;
-use pyo3::pyclass::{CompareOp, PyClass};
+use pyo3::pyclass::CompareOp;
 use pyo3::type_object::PyTypeInfo;
 use pyo3::types::{PyFloat, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
 
+use super::loop_core::LoopCore;
+use crate::errors;
 use crate::gil::GilCell;
 use crate::helpers;
-use crate::loop_core::LoopCore;
 
 pub(crate) struct HandleData {
-    callback: Option<PyObject>,
+    callback: Option<Py<PyAny>>,
     args: Option<Py<PyTuple>>,
     /// Kept on cancel() in debug mode, as asyncio does.
-    repr: Option<PyObject>,
+    repr: Option<Py<PyAny>>,
     /// The context, the loop and the debug-mode traceback are `None` only while the handle waits
     /// in `POOL` for reuse (never visible: nothing else references a pooled handle).
-    context: Option<PyObject>,
+    context: Option<Py<PyAny>>,
     /// `context` is this handle's own copy, possibly untracked (see `copy_context`).
     ctx_untracked: bool,
     loop_: Option<Py<LoopCore>>,
-    source_traceback: Option<PyObject>,
+    source_traceback: Option<Py<PyAny>>,
 }
 
 impl HandleData {
     /// Move everything the handle references into `out`, to be released outside the borrow.
     #[inline]
     fn take_into(&mut self, out: &mut Released) {
-        fn raw(o: Option<PyObject>) -> *mut ffi::PyObject {
+        fn raw(o: Option<Py<PyAny>>) -> *mut ffi::PyObject {
             o.map_or(std::ptr::null_mut(), Py::into_ptr)
         }
         out.objects = [
@@ -128,13 +128,13 @@ pub struct Handle {
     data: GilCell<HandleData>,
     cancelled: AtomicBool,
     /// Deadline of a TimerHandle (NaN for a plain Handle).
-    pub(crate) when: f64,
+    pub(super) when: f64,
     is_timer: bool,
     /// A TimerHandle still in the loop's timer queue.
-    pub(crate) scheduled: AtomicBool,
+    pub(super) scheduled: AtomicBool,
     /// A reader/writer handle: queued again each time its fd is ready, so it keeps its callback
     /// after running.
-    pub(crate) persistent: bool,
+    pub(super) persistent: bool,
 }
 
 #[pyclass(frozen, extends = Handle, module = "ferroloop._ferroloop")]
@@ -180,42 +180,21 @@ pub(crate) fn trim_pool(py: Python<'_>) -> PyResult<()> {
     Ok(())
 }
 
-/// Type objects of `Handle` and `TimerHandle`, looked up once: PyO3's lazy type-object lookup
-/// costs tens of instructions and `Py::new` does it on every call.
+/// The type object of `Handle`, looked up once, for `recycle`'s exact-type test (PyO3's lazy
+/// type-object lookup costs tens of instructions).
 static HANDLE_TYPE: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(ptr::null_mut());
-static TIMER_HANDLE_TYPE: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(ptr::null_mut());
 
 #[inline]
-fn type_ptr<T: PyTypeInfo>(
-    py: Python<'_>,
-    cache: &AtomicPtr<ffi::PyTypeObject>,
-) -> *mut ffi::PyTypeObject {
-    let tp = cache.load(Relaxed);
+fn handle_type(py: Python<'_>) -> *mut ffi::PyTypeObject {
+    let tp = HANDLE_TYPE.load(Relaxed);
     if !tp.is_null() {
         return tp;
     }
     // PyO3 keeps a strong reference to a pyclass's type object for the life of the process, so
     // the pointer stays valid.
-    let tp = T::type_object_raw(py);
-    cache.store(tp, Relaxed);
+    let tp = Handle::type_object_raw(py);
+    HANDLE_TYPE.store(tp, Relaxed);
     tp
-}
-
-/// `Py::new` with the cached type object.
-#[inline]
-fn new_object<T: PyClass>(
-    py: Python<'_>,
-    init: PyClassInitializer<T>,
-    tp: *mut ffi::PyTypeObject,
-) -> PyResult<Py<T>> {
-    // SAFETY: GIL held; `tp` is the type object of `T` itself (from `type_ptr::<T>`), which is
-    // what `into_new_object` requires. It returns a new, fully initialised instance of `T`.
-    unsafe {
-        let obj = init.into_new_object(py, tp)?;
-        Ok(Bound::from_owned_ptr(py, obj)
-            .downcast_into_unchecked::<T>()
-            .unbind())
-    }
 }
 
 /// `callback(*args)`. Task steps (no argument) and future callbacks (one argument) are nearly
@@ -237,10 +216,10 @@ unsafe fn call(callback: *mut ffi::PyObject, args: *mut ffi::PyObject) -> *mut f
 #[allow(clippy::type_complexity)]
 fn context_and_traceback(
     py: Python<'_>,
-    context: Option<PyObject>,
+    context: Option<Py<PyAny>>,
     loop_: &Bound<'_, LoopCore>,
     untrack: bool,
-) -> PyResult<(PyObject, bool, Option<PyObject>)> {
+) -> PyResult<(Py<PyAny>, bool, Option<Py<PyAny>>)> {
     let (context, ctx_untracked) = match context {
         Some(c) if !c.is_none(py) => (c, false),
         _ => copy_context(py, untrack)?,
@@ -264,7 +243,7 @@ fn context_and_traceback(
 /// benchmark, most of `copy_context`'s cost there. A fresh copy cannot be part of a reference
 /// cycle yet; one made later through it (code storing the context in one of its own variables)
 /// is seen again by the collector once the handle lets go of it.
-fn copy_context(py: Python<'_>, untrack: bool) -> PyResult<(PyObject, bool)> {
+fn copy_context(py: Python<'_>, untrack: bool) -> PyResult<(Py<PyAny>, bool)> {
     // SAFETY: called with the GIL held; `PyContext_CopyCurrent` returns a new reference or NULL
     // with an exception set. A fresh copy has no other owner (reference count 1, checked), is
     // tracked by the collector (contexts are GC objects), and only the handle that receives it
@@ -289,9 +268,9 @@ impl Handle {
     #[allow(clippy::too_many_arguments)] // private; every caller spells the arguments out
     fn build(
         py: Python<'_>,
-        callback: PyObject,
+        callback: Py<PyAny>,
         args: Py<PyTuple>,
-        context: Option<PyObject>,
+        context: Option<Py<PyAny>>,
         loop_: &Bound<'_, LoopCore>,
         when: f64,
         is_timer: bool,
@@ -313,9 +292,9 @@ impl Handle {
     /// mode the traceback of where it was created.
     fn fresh_data(
         py: Python<'_>,
-        callback: PyObject,
+        callback: Py<PyAny>,
         args: Py<PyTuple>,
-        context: Option<PyObject>,
+        context: Option<Py<PyAny>>,
         loop_: &Bound<'_, LoopCore>,
         untrack: bool,
     ) -> PyResult<HandleData> {
@@ -335,9 +314,9 @@ impl Handle {
     /// A plain handle; `untrack`: see `copy_context`.
     pub(crate) fn new_soon(
         py: Python<'_>,
-        callback: PyObject,
+        callback: Py<PyAny>,
         args: Py<PyTuple>,
-        context: Option<PyObject>,
+        context: Option<Py<PyAny>>,
         loop_: &Bound<'_, LoopCore>,
         untrack: bool,
     ) -> PyResult<Py<Handle>> {
@@ -364,34 +343,32 @@ impl Handle {
             return Ok(h);
         }
         let h = Self::build(py, callback, args, context, loop_, f64::NAN, false, untrack)?;
-        new_object(py, h.into(), type_ptr::<Handle>(py, &HANDLE_TYPE))
+        // Fills `recycle`'s cache before the first handle can reach it.
+        handle_type(py);
+        Py::new(py, h)
     }
 
     pub(crate) fn new_io(
         py: Python<'_>,
-        callback: PyObject,
+        callback: Py<PyAny>,
         args: Py<PyTuple>,
         loop_: &Bound<'_, LoopCore>,
     ) -> PyResult<Py<Handle>> {
         let mut h = Self::build(py, callback, args, None, loop_, f64::NAN, false, true)?;
         h.persistent = true;
-        new_object(py, h.into(), type_ptr::<Handle>(py, &HANDLE_TYPE))
+        Py::new(py, h)
     }
 
     pub(crate) fn new_timer(
         py: Python<'_>,
         when: f64,
-        callback: PyObject,
+        callback: Py<PyAny>,
         args: Py<PyTuple>,
-        context: Option<PyObject>,
+        context: Option<Py<PyAny>>,
         loop_: &Bound<'_, LoopCore>,
     ) -> PyResult<Py<TimerHandle>> {
         let base = Self::build(py, callback, args, context, loop_, when, true, true)?;
-        new_object(
-            py,
-            PyClassInitializer::from(base).add_subclass(TimerHandle),
-            type_ptr::<TimerHandle>(py, &TIMER_HANDLE_TYPE),
-        )
+        Py::new(py, PyClassInitializer::from(base).add_subclass(TimerHandle))
     }
 
     /// The loop thread let go of a handle that ran (or was found cancelled): keep it for reuse
@@ -444,6 +421,17 @@ impl Handle {
     #[inline]
     pub(crate) fn is_cancelled(&self) -> bool {
         self.cancelled.load(Relaxed)
+    }
+
+    /// A TimerHandle still in the loop's timer queue.
+    #[inline]
+    pub(crate) fn is_scheduled(&self) -> bool {
+        self.scheduled.load(Relaxed)
+    }
+
+    #[inline]
+    pub(super) fn set_scheduled(&self, value: bool) {
+        self.scheduled.store(value, Relaxed);
     }
 
     /// Run the callback in its context; asyncio's `Handle._run`.
@@ -501,7 +489,7 @@ impl Handle {
             return Ok(());
         }
         let err = PyErr::fetch(py);
-        if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) {
+        if errors::is_exit(py, &err) {
             return Err(err);
         }
         if !keep {
@@ -570,11 +558,47 @@ impl Handle {
             })
     }
 
-    fn context_(&self, py: Python<'_>) -> PyResult<PyObject> {
+    fn context_(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         Ok(self
             .data
             .with(py, |d| d.context.as_ref().map(|c| c.clone_ref(py)))?
             .unwrap_or_else(|| py.None()))
+    }
+}
+
+impl Handle {
+    /// For the traversal of a container that holds `h` (the loop's queues and registry): a
+    /// handle referenced by nothing but that container is part of it, so its references are
+    /// reported as the container's own. Handles are not tracked by the collector (see the module
+    /// docs), so without this a cycle `loop -> queued handle -> loop` (or through its callback)
+    /// would be invisible and an unclosed loop with pending callbacks never collected. A handle
+    /// also referenced elsewhere is visited as an object (a no-op for an untracked one): its
+    /// other holder keeps it, and what it references, alive.
+    /// A `TimerHandle` (its `when` is a deadline).
+    #[inline]
+    pub(super) fn is_timer_(&self) -> bool {
+        self.is_timer
+    }
+
+    pub(crate) fn traverse_owned(
+        h: &Py<Handle>,
+        visit: &PyVisit<'_>,
+    ) -> Result<(), PyTraverseError> {
+        // SAFETY: `h` is a live reference held by the caller; reading the refcount of a live
+        // object is always valid, and traversal runs with the GIL held, so it cannot change
+        // under us.
+        if unsafe { ffi::Py_REFCNT(h.as_ptr()) } != 1 {
+            return visit.call(h);
+        }
+        let Some(d) = h.get().data.peek() else {
+            return Ok(());
+        };
+        visit.call(&d.callback)?;
+        visit.call(&d.args)?;
+        visit.call(&d.repr)?;
+        visit.call(&d.context)?;
+        visit.call(&d.loop_)?;
+        visit.call(&d.source_traceback)
     }
 }
 
@@ -589,7 +613,7 @@ impl Handle {
         self.is_cancelled()
     }
 
-    fn get_context(&self, py: Python<'_>) -> PyResult<PyObject> {
+    fn get_context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         self.context_(py)
     }
 
@@ -597,7 +621,7 @@ impl Handle {
         Handle::run(slf, false)
     }
 
-    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<PyObject> {
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         if let Some(r) = slf
             .get()
@@ -610,7 +634,7 @@ impl Handle {
     }
 
     #[getter]
-    fn _callback(&self, py: Python<'_>) -> PyResult<Option<PyObject>> {
+    fn _callback(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         self.data
             .with(py, |d| d.callback.as_ref().map(|c| c.clone_ref(py)))
     }
@@ -632,18 +656,18 @@ impl Handle {
     }
 
     #[getter]
-    fn _context(&self, py: Python<'_>) -> PyResult<PyObject> {
+    fn _context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         self.context_(py)
     }
 
     #[getter]
-    fn _source_traceback(&self, py: Python<'_>) -> PyResult<Option<PyObject>> {
+    fn _source_traceback(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         self.data
             .with(py, |d| d.source_traceback.as_ref().map(|t| t.clone_ref(py)))
     }
 
     #[getter]
-    fn _repr(&self, py: Python<'_>) -> PyResult<Option<PyObject>> {
+    fn _repr(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         self.data
             .with(py, |d| d.repr.as_ref().map(|r| r.clone_ref(py)))
     }
@@ -681,9 +705,9 @@ impl TimerHandle {
         slf: PyRef<'_, Self>,
         other: &Bound<'_, PyAny>,
         op: CompareOp,
-    ) -> PyResult<PyObject> {
+    ) -> PyResult<Py<PyAny>> {
         let py = slf.py();
-        let Ok(other) = other.downcast::<TimerHandle>() else {
+        let Ok(other) = other.cast::<TimerHandle>() else {
             return Ok(py.NotImplemented());
         };
         let a = slf.as_super();
@@ -706,7 +730,7 @@ fn handles_equal(py: Python<'_>, a: &Handle, b: &Handle) -> PyResult<bool> {
     }
     let (ca, aa) = (a._callback(py)?, a._args(py)?);
     let (cb, ab) = (b._callback(py)?, b._args(py)?);
-    let eq = |x: &Option<PyObject>, y: &Option<PyObject>| -> PyResult<bool> {
+    let eq = |x: &Option<Py<PyAny>>, y: &Option<Py<PyAny>>| -> PyResult<bool> {
         match (x, y) {
             (None, None) => Ok(true),
             (Some(x), Some(y)) => x.bind(py).eq(y.bind(py)),

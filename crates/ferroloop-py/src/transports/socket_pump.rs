@@ -1,4 +1,4 @@
-//! `SocketPump`: the hot path of asyncio's socket transport in Rust.
+//! `SocketPump`: the per-message path of asyncio's socket transport in Rust.
 //!
 //! `ferroloop._transports._SelectorSocketTransport` is a subclass of asyncio's own
 //! `selector_events._SelectorSocketTransport`: buffering, flow control, closing, `write_eof`,
@@ -20,15 +20,14 @@
 
 use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
-use pyo3::ffi;
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::PyTraverseError;
 
+use super::sockio::{self, Io};
+use super::{call_method1, fatal_error};
 use crate::gil::GilCell;
-use crate::sockio::{self, Io};
 
 const READ_FAILED: &str = "Fatal read error on socket transport";
 const WRITE_FAILED: &str = "Fatal write error on socket transport";
@@ -45,31 +44,19 @@ const MODE_GET_BUFFER: u8 = 2; // a BufferedProtocol: `_read_ready__get_buffer`,
 #[pyclass(module = "ferroloop._ferroloop", frozen)]
 pub struct SocketPump {
     /// The Python transport; `None` once the garbage collector broke the cycle.
-    transport: GilCell<Option<PyObject>>,
+    transport: GilCell<Option<Py<PyAny>>>,
     fd: i32,
     max_size: usize,
     /// One of the MODE_* constants, set by the transport's `set_protocol` and `close`.
     mode: AtomicU8,
     /// asyncio's `_SelectorSocketTransport.write`, for every case the fast path does not take.
-    py_write: PyObject,
+    py_write: Py<PyAny>,
 }
 
 impl SocketPump {
     fn transport<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
         self.transport
             .with(py, |t| t.as_ref().map(|t| t.clone_ref(py).into_bound(py)))
-    }
-
-    /// asyncio's `_fatal_error(exc, message)`, with `err` as `exc`; SystemExit and
-    /// KeyboardInterrupt propagate instead, as asyncio's `except (SystemExit, KeyboardInterrupt):
-    /// raise` does.
-    fn fatal(tr: &Bound<'_, PyAny>, err: PyErr, message: &str) -> PyResult<()> {
-        let py = tr.py();
-        if err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py) {
-            return Err(err);
-        }
-        tr.call_method1(intern!(py, "_fatal_error"), (err.into_value(py), message))?;
-        Ok(())
     }
 
     /// `_read_ready__data_received`.
@@ -81,29 +68,16 @@ impl SocketPump {
         let data = match sockio::recv(py, self.fd, self.max_size) {
             Ok(Io::Done(data)) => data,
             Ok(Io::WouldBlock) => return Ok(()),
-            Err(err) => return Self::fatal(tr, err, READ_FAILED),
+            Err(err) => return fatal_error(tr, err, READ_FAILED),
         };
         if data.as_bytes().is_empty() {
             tr.call_method0(intern!(py, "_read_ready__on_eof"))?;
             return Ok(());
         }
         let protocol = tr.getattr(intern!(py, "_protocol"))?;
-        let args = [protocol.as_ptr(), data.as_ptr()];
-        // SAFETY: GIL held; `args` holds two borrowed references kept alive by `protocol` and
-        // `data` for the duration of the call; the name is an interned str. The result is a new
-        // reference or NULL with an exception set.
-        let res = unsafe {
-            ffi::PyObject_VectorcallMethod(
-                intern!(py, "data_received").as_ptr(),
-                args.as_ptr(),
-                2,
-                std::ptr::null_mut(),
-            )
-        };
-        // SAFETY: `res` is an owned reference or NULL (then an exception is set).
-        match unsafe { Bound::from_owned_ptr_or_err(py, res) } {
+        match call_method1(&protocol, intern!(py, "data_received"), data.as_any()) {
             Ok(_) => Ok(()),
-            Err(err) => Self::fatal(tr, err, DATA_RECEIVED_FAILED),
+            Err(err) => fatal_error(tr, err, DATA_RECEIVED_FAILED),
         }
     }
 
@@ -123,7 +97,7 @@ impl SocketPump {
                 _ => Ok(buf),
             }) {
             Ok(buf) => buf,
-            Err(err) => return Self::fatal(tr, err, GET_BUFFER_FAILED),
+            Err(err) => return fatal_error(tr, err, GET_BUFFER_FAILED),
         };
         let received = match sockio::recv_into(py, self.fd, &buf) {
             Some(r) => r,
@@ -136,7 +110,7 @@ impl SocketPump {
         let nbytes = match received {
             Ok(Io::Done(n)) => n,
             Ok(Io::WouldBlock) => return Ok(()),
-            Err(err) => return Self::fatal(tr, err, READ_FAILED),
+            Err(err) => return fatal_error(tr, err, READ_FAILED),
         };
         drop(buf);
         if nbytes == 0 {
@@ -145,7 +119,7 @@ impl SocketPump {
         }
         match protocol.call_method1(intern!(py, "buffer_updated"), (nbytes,)) {
             Ok(_) => Ok(()),
-            Err(err) => Self::fatal(tr, err, BUFFER_UPDATED_FAILED),
+            Err(err) => fatal_error(tr, err, BUFFER_UPDATED_FAILED),
         }
     }
 
@@ -163,7 +137,7 @@ impl SocketPump {
 #[pymethods]
 impl SocketPump {
     #[new]
-    fn new(transport: PyObject, fd: i32, max_size: usize, py_write: PyObject) -> Self {
+    fn new(transport: Py<PyAny>, fd: i32, max_size: usize, py_write: Py<PyAny>) -> Self {
         sockio::prepare();
         SocketPump {
             transport: GilCell::new(Some(transport)),
@@ -226,7 +200,7 @@ impl SocketPump {
         };
         match sent {
             Some(Ok((Io::Done(n), len))) if n == len => Ok(()),
-            Some(Err(err)) => Self::fatal(&tr, err, WRITE_FAILED),
+            Some(Err(err)) => fatal_error(&tr, err, WRITE_FAILED),
             // The socket took part of it (or nothing: EAGAIN): asyncio's write goes on from here,
             // buffering the rest, without a second send.
             Some(Ok((Io::Done(n), _))) => {
@@ -254,7 +228,7 @@ impl SocketPump {
     }
 
     fn __clear__(&self) {
-        Python::with_gil(|py| {
+        Python::attach(|py| {
             let old = self.transport.with(py, |t| t.take()).ok().flatten();
             drop(old);
         });

@@ -1,5 +1,5 @@
 //! `sock_recv` and `sock_sendall` without Python frames on the way (the coroutines themselves are
-//! two-line `async def`s in `ferroloop/_sockops.py`).
+//! two-line `async def`s in `ferroloop/_loop.py`).
 //!
 //! Step for step asyncio's `BaseSelectorEventLoop.sock_recv`/`sock_sendall`: the SSL-socket and
 //! (debug mode) blocking-socket checks, one attempt at once, and only on EAGAIN a future, a
@@ -19,19 +19,18 @@ use pyo3::ffi;
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::sync::GILOnceCell;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyInt, PyTuple, PyType};
 use pyo3::PyTraverseError;
 
+use super::sockio::{self, Io};
+use crate::errors;
 use crate::gil::GilCell;
-use crate::handle::Handle;
 use crate::helpers;
-use crate::io;
-use crate::loop_core::LoopCore;
-use crate::sockio::{self, Io};
+use crate::runtime::{io, Handle, LoopCore};
 
-static SOCKET_TYPE: GILOnceCell<Py<PyType>> = GILOnceCell::new();
-static CHECK_SSL_SOCKET: GILOnceCell<PyObject> = GILOnceCell::new();
+static SOCKET_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static CHECK_SSL_SOCKET: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// The fd of `sock` when the syscall can be made here: an exact `socket.socket`, open, with
 /// timeout 0. `None`: call its Python method instead.
@@ -55,7 +54,7 @@ fn is_plain_socket(sock: &Bound<'_, PyAny>) -> PyResult<bool> {
         PyResult::Ok(
             py.import("socket")?
                 .getattr("socket")?
-                .downcast_into::<PyType>()?
+                .cast_into::<PyType>()?
                 .unbind(),
         )
     })?;
@@ -151,11 +150,11 @@ fn new_future<'py>(lp: &Bound<'py, LoopCore>) -> PyResult<Bound<'py, PyAny>> {
 
 enum Kind {
     Recv {
-        n: PyObject,
+        n: Py<PyAny>,
     },
     /// `view` is `memoryview(data)`; `pos` the bytes already sent.
     SendAll {
-        view: PyObject,
+        view: Py<PyAny>,
         pos: usize,
     },
 }
@@ -164,8 +163,8 @@ enum Kind {
 #[pyclass(module = "ferroloop._ferroloop", frozen)]
 pub struct SockOp {
     lp: Py<LoopCore>,
-    fut: PyObject,
-    sock: PyObject,
+    fut: Py<PyAny>,
+    sock: Py<PyAny>,
     fd: RawFd,
     kind: GilCell<Kind>,
     handle: GilCell<Option<Py<Handle>>>,
@@ -267,9 +266,7 @@ impl SockOp {
             }
         };
         if let Err(e) = &outcome {
-            if e.is_instance_of::<pyo3::exceptions::PySystemExit>(py)
-                || e.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py)
-            {
+            if errors::is_exit(py, e) {
                 return outcome.map(|_| ());
             }
         }

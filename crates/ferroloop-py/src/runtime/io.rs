@@ -12,19 +12,17 @@ use std::os::fd::RawFd;
 
 use ferroloop_core::io_registry::{Direction, PollerOp, Removed};
 use ferroloop_core::poller::Event;
-use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::exceptions::{PyOverflowError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyInt, PyTuple, PyWeakrefReference};
 
-use crate::handle::Handle;
+use super::handle::Handle;
+use super::loop_core::LoopCore;
+use crate::errors;
 use crate::helpers;
-use crate::loop_core::LoopCore;
 
-fn os_err(e: std::io::Error) -> PyErr {
-    PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string()))
-}
-
-/// `selectors._fileobj_to_fd`: an int, or an object with `fileno()`; same errors.
+/// `selectors._fileobj_to_fd`: an int, or an object with `fileno()`; same errors. A number
+/// that passes it but does not fit a C int raises the OverflowError `select.epoll` raises for it.
 pub(crate) fn fd_of(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
     if obj.is_exact_instance_of::<PyInt>() {
         if let Ok(fd) = obj.extract::<RawFd>() {
@@ -33,10 +31,15 @@ pub(crate) fn fd_of(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
             }
         }
     }
-    helpers::get(obj.py())?
-        .fileobj_to_fd
-        .call1(obj.py(), (obj,))?
-        .extract(obj.py())
+    let py = obj.py();
+    let fd = helpers::get(py)?.fileobj_to_fd.call1(py, (obj,))?;
+    fd.extract::<RawFd>(py).map_err(|e: PyErr| {
+        if e.is_instance_of::<PyOverflowError>(py) {
+            PyOverflowError::new_err("Python int too large to convert to C int")
+        } else {
+            e
+        }
+    })
 }
 
 /// selectors' `_fileobj_lookup`: `fd_of`, or — for an object without a valid fd any more — the
@@ -82,7 +85,7 @@ fn apply(loop_: &LoopCore, fd: RawFd, op: PollerOp) -> std::io::Result<()> {
 pub(crate) fn add(
     slf: &Bound<'_, LoopCore>,
     fileobj: &Bound<'_, PyAny>,
-    callback: PyObject,
+    callback: Py<PyAny>,
     args: &Bound<'_, PyTuple>,
     dir: Direction,
 ) -> PyResult<Py<Handle>> {
@@ -100,7 +103,7 @@ pub(crate) fn add_edge(
     slf: &Bound<'_, LoopCore>,
     fd: RawFd,
     owner: &Bound<'_, PyAny>,
-    callback: PyObject,
+    callback: Py<PyAny>,
     dir: Direction,
 ) -> PyResult<Py<Handle>> {
     let py = slf.py();
@@ -136,9 +139,9 @@ fn install(
     slf: &Bound<'_, LoopCore>,
     fd: RawFd,
     dir: Direction,
-    callback: PyObject,
+    callback: Py<PyAny>,
     args: &Bound<'_, PyTuple>,
-    key: PyObject,
+    key: Py<PyAny>,
     edge: Option<bool>,
 ) -> PyResult<Py<Handle>> {
     let py = slf.py();
@@ -148,7 +151,7 @@ fn install(
         None => r.op_for_set(fd, dir),
         Some(same_owner) => r.op_for_set_edge(fd, dir, same_owner),
     })?;
-    apply(this, fd, op).map_err(os_err)?;
+    apply(this, fd, op).map_err(|e| errors::from_io(py, e))?;
     let queued = handle.clone_ref(py);
     let (old, unused_key) = this.io.with(py, |r| match edge {
         None => r.set(fd, dir, queued, key),
@@ -170,7 +173,11 @@ pub(crate) fn remove(
     if slf.get().is_closed_() {
         return Ok(false);
     }
-    let fd = lookup(slf, fileobj)?;
+    let fd = match lookup(slf, fileobj) {
+        // Too large for a C int: never registered (asyncio's selector finds no key for it).
+        Err(e) if e.is_instance_of::<PyOverflowError>(slf.py()) => return Ok(false),
+        fd => fd?,
+    };
     remove_fd(slf, fd, dir)
 }
 
@@ -198,7 +205,7 @@ fn remove_fd(slf: &Bound<'_, LoopCore>, fd: RawFd, dir: Direction) -> PyResult<b
         }
         None => false,
     };
-    applied.map_err(os_err)?;
+    applied.map_err(|e| errors::from_io(py, e))?;
     Ok(had)
 }
 

@@ -1,5 +1,10 @@
 //! `call_soon` and `time` as per-loop slots of `LoopCore`, read by a data descriptor.
 //!
+//! The storage is `runtime::slots::Slots`; this file holds the descriptor, whose `tp_descr_get`
+//! is replaced by `raw_get` at module initialisation (`install`) — a raw type-object write
+//! on a PyO3 class: it relies on PyO3 creating heap types whose slots may be set before first
+//! use, and must be re-checked on a PyO3 upgrade.
+//!
 //! asyncio's C Task looks `loop.call_soon` up with `PyObject_GetAttr` on every step, and Python
 //! code with `LOAD_METHOD`. `Loop.__init__` binds these two once per loop (see `_loop.py`).
 //! Kept in the instance dict, each lookup cost a type lookup *and* a dict lookup (the type's
@@ -11,85 +16,15 @@
 //! this loop (tasks then call the replacement), deleting an assigned value brings the loop's own
 //! method back, and deleting when nothing was assigned raises AttributeError.
 
-use std::cell::UnsafeCell;
-use std::ffi::CStr;
-
 use pyo3::exceptions::{PyAttributeError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyType};
-use pyo3::{PyTraverseError, PyTypeInfo, PyVisit};
+use pyo3::PyTypeInfo;
 
-use crate::loop_core::LoopCore;
-
-/// The attributes kept in slots, in slot order.
-pub(crate) const NAMES: [&CStr; 2] = [c"call_soon", c"time"];
-
-/// One slot: the attribute's value, and whether it was assigned (rather than bound by
-/// `Loop.__init__`).
-struct Slot {
-    value: Option<PyObject>,
-    assigned: bool,
-}
-
-/// The slots inside `LoopCore`.
-pub struct Slots([UnsafeCell<Slot>; NAMES.len()]);
-
-// SAFETY: the slots are only read or written with the GIL held (the descriptor's functions,
-// the GC's traverse and clear, `Loop.__init__`), on the GIL-enabled CPython this module is
-// built for; no reference into a slot is held across a call into Python.
-unsafe impl Send for Slots {}
-// SAFETY: as above.
-unsafe impl Sync for Slots {}
-
-impl Slots {
-    pub const fn new() -> Self {
-        Slots(
-            [const {
-                UnsafeCell::new(Slot {
-                    value: None,
-                    assigned: false,
-                })
-            }; NAMES.len()],
-        )
-    }
-
-    /// Slot `i`'s value as a borrowed pointer (NULL if empty).
-    ///
-    /// # Safety
-    /// GIL held; the pointer is only valid until the slot is next written.
-    #[inline]
-    unsafe fn peek(&self, i: usize) -> *mut ffi::PyObject {
-        match &(*self.0[i].get()).value {
-            Some(v) => v.as_ptr(),
-            None => std::ptr::null_mut(),
-        }
-    }
-
-    /// Store `value` in slot `i`; returns the old value, for the caller to drop (its destructor
-    /// may run Python code, which could touch the slots again).
-    fn replace(&self, _py: Python<'_>, i: usize, value: Option<PyObject>, assigned: bool) -> Slot {
-        // SAFETY: GIL held (`_py`); the mutable access ends within this statement.
-        unsafe { std::mem::replace(&mut *self.0[i].get(), Slot { value, assigned }) }
-    }
-
-    pub(crate) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        for cell in &self.0 {
-            // SAFETY: the GC holds the GIL and runs no Python code that could write the slot
-            // while it is being visited.
-            visit.call(unsafe { &(*cell.get()).value })?;
-        }
-        Ok(())
-    }
-
-    /// Empty every slot (GC clear); the references are released after all are empty.
-    pub(crate) fn clear(&self, py: Python<'_>) {
-        let taken: Vec<Slot> = (0..NAMES.len())
-            .map(|i| self.replace(py, i, None, false))
-            .collect();
-        drop(taken);
-    }
-}
+use super::fastcall::{self, ensure_subclass};
+use crate::runtime::slots::NAMES;
+use crate::runtime::LoopCore;
 
 /// The data descriptor of one slot, set on `Loop` by `_loop.py` for each of `NAMES`.
 #[pyclass(frozen, module = "ferroloop._ferroloop")]
@@ -103,7 +38,7 @@ pub struct SlotDescriptor {
     core: Py<PyType>,
     /// `LoopCore.<name>`, what class attribute access gives (`Loop.call_soon(loop, cb)` works,
     /// as `asyncio.BaseEventLoop.call_soon(loop, cb)` does).
-    unbound: PyObject,
+    unbound: Py<PyAny>,
 }
 
 impl SlotDescriptor {
@@ -119,7 +54,7 @@ impl SlotDescriptor {
         descr: *mut ffi::PyObject,
         obj: *mut ffi::PyObject,
     ) -> *mut ffi::PyObject {
-        let this = Bound::from_borrowed_ptr(py, descr).downcast_into_unchecked::<SlotDescriptor>();
+        let this = Bound::from_borrowed_ptr(py, descr).cast_into_unchecked::<SlotDescriptor>();
         let this = this.get();
         if obj.is_null() || obj == ffi::Py_None() {
             // Class attribute access (`Loop.call_soon`): LoopCore's method, as a function would.
@@ -137,8 +72,8 @@ impl SlotDescriptor {
             );
             return std::ptr::null_mut();
         }
-        let core = Bound::from_borrowed_ptr(py, obj).downcast_into_unchecked::<LoopCore>();
-        let value = core.get().slots.peek(this.index);
+        let core = Bound::from_borrowed_ptr(py, obj).cast_into_unchecked::<LoopCore>();
+        let value = core.get().slots().peek(this.index);
         if value.is_null() {
             ffi::PyErr_Format(
                 ffi::PyExc_AttributeError,
@@ -153,7 +88,7 @@ impl SlotDescriptor {
     }
 
     fn core<'py>(&self, obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, LoopCore>> {
-        obj.downcast::<LoopCore>()
+        obj.cast::<LoopCore>()
             .cloned()
             .map_err(|_| PyTypeError::new_err("ferroloop slot descriptor: not a ferroloop loop"))
     }
@@ -174,7 +109,7 @@ unsafe extern "C" fn raw_get(
 ) -> *mut ffi::PyObject {
     let run = || {
         // SAFETY: CPython calls tp_descr_get with the GIL held and live arguments.
-        unsafe { SlotDescriptor::read(Python::assume_gil_acquired(), descr, obj) }
+        unsafe { SlotDescriptor::read(Python::assume_attached(), descr, obj) }
     };
     // `read` only reads pointers and calls the C API; nothing in it is expected to panic, but a
     // panic must never unwind into CPython.
@@ -199,7 +134,7 @@ impl SlotDescriptor {
         slf: &Bound<'_, Self>,
         obj: Option<&Bound<'_, PyAny>>,
         _ty: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<PyObject> {
+    ) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let obj = obj.map_or(std::ptr::null_mut(), Bound::as_ptr);
         // SAFETY: GIL held; `slf` and `obj` are live for the call; `read` returns a new
@@ -209,11 +144,11 @@ impl SlotDescriptor {
     }
 
     /// `loop.<name> = value`: this loop uses `value` from now on.
-    fn __set__(&self, obj: &Bound<'_, PyAny>, value: PyObject) -> PyResult<()> {
+    fn __set__(&self, obj: &Bound<'_, PyAny>, value: Py<PyAny>) -> PyResult<()> {
         let core = self.core(obj)?;
         let old = core
             .get()
-            .slots
+            .slots()
             .replace(obj.py(), self.index, Some(value), true);
         drop(old);
         Ok(())
@@ -224,13 +159,12 @@ impl SlotDescriptor {
     fn __delete__(&self, obj: &Bound<'_, PyAny>) -> PyResult<()> {
         let core = self.core(obj)?;
         let py = obj.py();
-        // SAFETY: GIL held; the flag is read before any Python code runs.
-        let assigned = unsafe { (*core.get().slots.0[self.index].get()).assigned };
+        let assigned = core.get().slots().assigned(py, self.index);
         if !assigned {
             return Err(self.no_attribute(obj));
         }
         let own = bind_own(&core, self.index)?;
-        let old = core.get().slots.replace(py, self.index, Some(own), false);
+        let old = core.get().slots().replace(py, self.index, Some(own), false);
         drop(old);
         Ok(())
     }
@@ -242,9 +176,9 @@ impl SlotDescriptor {
 
 /// The loop's own method for slot `i`: `call_soon`'s METH_FASTCALL entry point, or the PyO3
 /// method bound to the loop.
-fn bind_own(core: &Bound<'_, LoopCore>, i: usize) -> PyResult<PyObject> {
+fn bind_own(core: &Bound<'_, LoopCore>, i: usize) -> PyResult<Py<PyAny>> {
     let name = NAMES[i].to_str().unwrap_or_default();
-    if let Some(fast) = crate::loop_core::fast_method(core, name)? {
+    if let Some(fast) = fastcall::bind(core, name)? {
         return Ok(fast);
     }
     let method = core.py().get_type::<LoopCore>().getattr(name)?;
@@ -255,7 +189,7 @@ fn bind_own(core: &Bound<'_, LoopCore>, i: usize) -> PyResult<PyObject> {
 pub(crate) fn bind_all(core: &Bound<'_, LoopCore>) -> PyResult<()> {
     for i in 0..NAMES.len() {
         let own = bind_own(core, i)?;
-        let old = core.get().slots.replace(core.py(), i, Some(own), false);
+        let old = core.get().slots().replace(core.py(), i, Some(own), false);
         drop(old);
     }
     Ok(())
@@ -268,7 +202,7 @@ pub(crate) fn descriptor(
     name: &str,
 ) -> PyResult<Option<Py<SlotDescriptor>>> {
     let py = owner.py();
-    crate::loop_core::ensure_subclass(owner, "_slot_descriptor")?;
+    ensure_subclass(owner, "_slot_descriptor")?;
     let core = LoopCore::type_object(py);
     let Some(index) = NAMES.iter().position(|n| n.to_str() == Ok(name)) else {
         return Ok(None);

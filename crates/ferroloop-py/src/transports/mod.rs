@@ -1,0 +1,77 @@
+//! Transports: the per-message paths of asyncio's socket transports and `sock_*` calls, and the
+//! base every transport kind shares.
+//!
+//! # Contract
+//! - Behaviour is asyncio's, message for message: the same protocol calls in the same order,
+//!   the same exceptions, and the same exception-handler contexts (the fatal-error path below is
+//!   asyncio's `_fatal_error`, with asyncio's messages).
+//! - SystemExit and KeyboardInterrupt raised by a protocol are never swallowed
+//!   (`crate::errors::is_exit`): they propagate and stop the loop, as asyncio's
+//!   `except (SystemExit, KeyboardInterrupt): raise` does.
+//! - Every `OSError` comes from `crate::errors` (CPython's text and subclass for the errno).
+//! - Depends on `runtime/` (readers, writers, handles, `LoopCore`'s methods) and the crate's
+//!   leaves; never on `api/`, never on `LoopCore`'s fields.
+//!
+//! # The base (this file)
+//! - [`fatal_error`]: `transport._fatal_error(exc, message)`, or the exception itself when it is
+//!   SystemExit/KeyboardInterrupt.
+//! - [`call_method1`]: `obj.name(arg)` through vectorcall, for the protocol calls of the
+//!   per-message path (`data_received`, …), without an argument tuple.
+//! - [`register`]: adds this area's classes and functions to the module; a new transport kind
+//!   adds its `mod` line above and its classes there, and `lib.rs` stays unchanged.
+//!
+//! | file | what |
+//! |---|---|
+//! | `socket_pump.rs` | `SocketPump`: reading (`data_received`, BufferedProtocol) and the fast `write` of asyncio's socket transport |
+//! | `sockops.rs` | `sock_recv` / `sock_sendall`: the attempt, the wait and the clean-up |
+//! | `sockio.rs` | recv/send syscalls with the `socket` module's results and errors |
+
+mod socket_pump;
+mod sockio;
+mod sockops;
+
+use pyo3::ffi;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::PyString;
+
+use crate::errors;
+
+/// Add the classes and functions of this area to the module.
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<socket_pump::SocketPump>()?;
+    m.add_class::<sockops::SockOp>()?;
+    m.add_function(wrap_pyfunction!(sockops::sock_recv, m)?)?;
+    m.add_function(wrap_pyfunction!(sockops::sock_sendall, m)?)?;
+    Ok(())
+}
+
+/// asyncio's `transport._fatal_error(exc, message)` with `err` as `exc`; SystemExit and
+/// KeyboardInterrupt propagate instead (asyncio's `except (SystemExit, KeyboardInterrupt):
+/// raise`). `Ok` once the transport handled the error.
+pub(crate) fn fatal_error(tr: &Bound<'_, PyAny>, err: PyErr, message: &str) -> PyResult<()> {
+    let py = tr.py();
+    if errors::is_exit(py, &err) {
+        return Err(err);
+    }
+    tr.call_method1(intern!(py, "_fatal_error"), (err.into_value(py), message))?;
+    Ok(())
+}
+
+/// `obj.name(arg)` through `PyObject_VectorcallMethod`: no argument tuple, no bound method.
+pub(crate) fn call_method1<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &Bound<'py, PyString>,
+    arg: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = obj.py();
+    let args = [obj.as_ptr(), arg.as_ptr()];
+    // SAFETY: GIL held; `args` holds two borrowed references kept alive by `obj` and `arg` for
+    // the duration of the call; `name` is a str. The result is a new reference or NULL with an
+    // exception set.
+    unsafe {
+        let res =
+            ffi::PyObject_VectorcallMethod(name.as_ptr(), args.as_ptr(), 2, std::ptr::null_mut());
+        Bound::from_owned_ptr_or_err(py, res)
+    }
+}
