@@ -4,7 +4,8 @@
    asyncio programs on the ferroloop loop, and shows their output.
 2. Times two loop-bound micro benchmarks on asyncio's own loop, on uvloop when it is installed
    (`make demo` installs it from examples/requirements-demo.txt) and on ferroloop, interleaved,
-   and prints the median of each and ferroloop's speed-up:
+   and prints the median CPU time of each (steadier than wall time on a busy machine) and
+   ferroloop's speed-up:
      - call_soon: 200,000 call_soon() callbacks, then loop.stop()
      - sleep(0):  one task doing 100,000 `await asyncio.sleep(0)` (a task switch each)
    then what a real application gains, from the HTTP benchmark in bench/README.md.
@@ -63,12 +64,12 @@ def bench_call_soon(loop, n):
     def callback():
         pass
 
-    start = time.perf_counter()
+    start = time.process_time()
     for _ in range(n):
         loop.call_soon(callback)
     loop.call_soon(loop.stop)
     loop.run_forever()
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def bench_sleep0(loop, n):
@@ -76,9 +77,9 @@ def bench_sleep0(loop, n):
         for _ in range(n):
             await asyncio.sleep(0)
 
-    start = time.perf_counter()
+    start = time.process_time()
     loop.run_until_complete(switcher())
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def timing(reps, n_call_soon, n_sleep0):
@@ -98,7 +99,7 @@ def timing(reps, n_call_soon, n_sleep0):
                (f"{n_sleep0:,} sleep(0) task switches", bench_sleep0, n_sleep0)]
     heading(f"timing: ferroloop {ferroloop.__version__} ({ferroloop.BUILD_PROFILE} build) vs "
             f"{peers}, Python {sys.version.split()[0]}")
-    print(f"median of {reps} interleaved runs each; speed-up = the other loop's time / "
+    print(f"CPU time, median of {reps} interleaved runs each; speed-up = the other loop's time / "
           "ferroloop's" + ("" if uvloop else " (uvloop is not installed: `make demo` installs it)"))
     print()
     header = f"{'benchmark':<32}" + ''.join(f"{name:>12}" for name in factories)
