@@ -85,21 +85,32 @@ conformance-%: .venv/%/.built ## CPython's own test_asyncio against ferroloop on
 conformance: $(addprefix conformance-,$(VERSIONS)) ## CPython's own test_asyncio on every version (gate: known failures may only shrink)
 
 .PHONY: bench
-bench: ## the benchmark suite: asyncio, uvloop, rloop and ferroloop side by side (release build); ARGS=--quick etc.
-	$(MAKE) build V=3.11
-	.venv/3.11/bin/python -m pip install -q --disable-pip-version-check -r bench/requirements.txt
+bench: bench-deps ## the benchmark suite: asyncio, uvloop, rloop, rsloop and ferroloop side by side (release build); ARGS=--quick etc.
 	.venv/3.11/bin/python bench/run.py --markdown $(ARGS)
 
-.PHONY: bench-echo bench-http
-bench-echo: ## echo benchmark: echo servers on each loop + plain-Rust ceiling, compiled client; ARGS=--quick etc.
+# rsloop's wheels on PyPI need glibc 2.39: build it once from its sdist into bench/.wheels (gitignored).
+RSLOOP_ENV = RUSTUP_TOOLCHAIN=stable RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zcrate-attr=feature(allocator_api)"
+.PHONY: bench-deps
+bench-deps: ## the release build and the comparison loops of the benchmarks (rsloop built from its sdist once)
+	dpkg -s libssl-dev pkg-config openssl >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q libssl-dev pkg-config openssl; }
 	$(MAKE) build V=3.11
 	.venv/3.11/bin/python -m pip install -q --disable-pip-version-check -r bench/requirements.txt
+	ls bench/.wheels/rsloop-*-cp311-*.whl >/dev/null 2>&1 || $(RSLOOP_ENV) .venv/3.11/bin/python -m pip wheel \
+	  -q --disable-pip-version-check --no-deps --no-binary rsloop -w bench/.wheels rsloop
+	.venv/3.11/bin/python -m pip install -q --disable-pip-version-check --no-index --find-links bench/.wheels rsloop
+
+.PHONY: bench-echo bench-http bench-memory bench-transfer
+bench-echo: bench-deps ## echo benchmark (TCP, Unix, UDP, TLS): echo servers on each loop + plain-Rust ceiling, compiled client; ARGS=--quick etc.
 	.venv/3.11/bin/python bench/echo/run.py --markdown $(ARGS)
 
-bench-http: ## HTTP benchmark: httptools Protocol server and uvicorn on each loop, loaded by wrk; ARGS=--quick etc.
-	$(MAKE) build V=3.11
-	.venv/3.11/bin/python -m pip install -q --disable-pip-version-check -r bench/requirements.txt
+bench-http: bench-deps ## HTTP benchmark: httptools Protocol server and uvicorn on each loop, loaded by wrk; ARGS=--quick etc.
 	.venv/3.11/bin/python bench/http/run.py --markdown $(ARGS)
+
+bench-memory: bench-deps ## memory per idle connection (10,000 Protocol and streams connections) on each loop; ARGS=--quick etc.
+	.venv/3.11/bin/python bench/echo/memory.py --markdown $(ARGS)
+
+bench-transfer: bench-deps ## 1 GiB one-way TLS transfer into each loop and a plain-Rust TLS server (same cipher); ARGS=--quick etc.
+	.venv/3.11/bin/python bench/echo/transfer.py --markdown $(ARGS)
 
 .PHONY: check-stubs
 check-stubs: .venv/$(V)/.built ## check python/ferroloop/_ferroloop.pyi against the compiled module (mypy stubtest)
@@ -142,4 +153,4 @@ test-wheel: $(WHEEL_TOOLS) ## build the 3.11 release wheel and check it: tags, s
 
 .PHONY: clean
 clean: ## remove build products and virtualenvs
-	rm -rf target .venv dist conformance/results bench/results bench/echo/target bench/echo/results bench/http/results
+	rm -rf target .venv dist conformance/results bench/results bench/echo/target bench/echo/results bench/http/results bench/.wheels

@@ -1,4 +1,4 @@
-"""Micro-benchmarks: asyncio, uvloop, rloop and ferroloop side by side (see bench/README.md).
+"""Micro-benchmarks: asyncio, uvloop, rloop, rsloop and ferroloop side by side (see bench/README.md).
 
     python bench/run.py [--quick] [--reps N] [--scale S] [--loops a,b] [--scenarios x,y]
                         [--cpu N|none] [--markdown]
@@ -19,13 +19,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from scenarios import LOOPS, SCENARIOS  # noqa: E402
+from scenarios import EXTRA_LOOPS, LOOPS, SCENARIOS  # noqa: E402
 
 sys.path.insert(0, str(HERE / 'echo'))
 from netbench import machine  # noqa: E402  (one description of the machine for every bench)
 
 WORKER = str(HERE / 'scenarios.py')
-BASELINES = ('asyncio', 'uvloop', 'rloop')  # the ratio columns: loop / baseline
+BASELINES = ('asyncio', 'uvloop', 'rloop', 'rsloop', 'ferroloop')  # the ratio columns: loop / baseline
 
 
 def csv_list(choices):
@@ -40,7 +40,8 @@ def csv_list(choices):
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--loops', type=csv_list(LOOPS), default=list(LOOPS), help='comma-separated subset')
+    p.add_argument('--loops', type=csv_list(LOOPS + EXTRA_LOOPS), default=list(LOOPS),
+                   help='comma-separated subset (ferroloop-timed: ferroloop with enable_timing on)')
     p.add_argument('--scenarios', type=csv_list(list(SCENARIOS)), default=list(SCENARIOS),
                    help='comma-separated subset')
     p.add_argument('--reps', type=int, help='samples per scenario and loop (default 5, --quick 3)')
@@ -107,7 +108,8 @@ def collect(a, loops):
                 samples[scenario, loop].append(res)
                 done += 1
                 if sys.stderr.isatty():  # a progress line in a terminal, nothing in logs
-                    note = f'{res["ops_per_cpu_s"]:,.0f} ops/CPU-s' if 'ops_per_cpu_s' in res else res.get('error')
+                    note = (f'{res["ops_per_cpu_s"]:,.0f} ops/CPU-s' if 'ops_per_cpu_s' in res
+                            else res.get('error') or res.get('unsupported'))
                     print(f'\r[{done}/{total}] rep {rep + 1} {scenario:<15} {loop:<10} {note}'[:100].ljust(100),
                           end='', file=sys.stderr, flush=True)
         if not sys.stderr.isatty():
@@ -124,6 +126,7 @@ def summarize(samples):
     for (scenario, loop), results in samples.items():
         good = [r for r in results if r.get('ops_per_cpu_s')]
         errors = [r['error'] for r in results if 'error' in r]
+        unsupported = next((r['unsupported'] for r in results if 'unsupported' in r), None)
         cpu = [r['ops_per_cpu_s'] for r in good]
         m = statistics.median(cpu) if cpu else None
         med[scenario, loop] = m
@@ -133,6 +136,7 @@ def summarize(samples):
             # (max - min) / median: how much the samples disagree; large means noisy numbers
             'spread': (max(cpu) - min(cpu)) / m if cpu else None,
             'error': errors[0] if errors else None,
+            'unsupported': unsupported,  # the loop lacks the feature: "–", not a failure
         })
     for row in rows:
         for base in BASELINES:
@@ -171,6 +175,8 @@ def table_cells(rows, baselines):
         cells += [fmt_ratio(r.get(f'vs_{b}')) for b in baselines]
         if r.get('error') and not r.get('median_ops_per_cpu_s'):
             cells[2] = 'ERROR'
+        elif r.get('unsupported') and not r.get('median_ops_per_cpu_s'):
+            cells[2] = '–'
         body.append(cells)
     return head, body
 
@@ -210,12 +216,14 @@ def main(argv=None):
 
     samples = collect(a, loops)
     rows = summarize(samples)
-    baselines = [b for b in BASELINES if b in loops]
+    # 'vs ferroloop' only when ferroloop-timed is measured beside it (the cost of timing)
+    baselines = [b for b in BASELINES if b in loops
+                 and (b != 'ferroloop' or 'ferroloop-timed' in loops)]
     head, body = table_cells(rows + (geomean_rows(rows, loops) if baselines else []), baselines)
     print(plain_table(head, body))
     for r in rows:
-        if r['error']:
-            print(f'note: {r["scenario"]} on {r["loop"]}: {r["error"]}')
+        if r['error'] or r.get('unsupported'):
+            print(f'note: {r["scenario"]} on {r["loop"]}: {r["error"] or "not supported: " + r["unsupported"]}')
 
     a.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S') + f'-{os.getpid()}'

@@ -18,13 +18,21 @@ import sys
 import threading
 import time
 
-LOOPS = ('asyncio', 'uvloop', 'rloop', 'ferroloop')
+LOOPS = ('asyncio', 'uvloop', 'rloop', 'rsloop', 'ferroloop')
+# Not run by default: ferroloop with its opt-in telemetry timing on (`--loops ferroloop,ferroloop-timed`
+# measures what `ferroloop.enable_timing` costs).
+EXTRA_LOOPS = ('ferroloop-timed',)
 
 
 def new_loop(name):
     """A new loop of the named kind; ImportError if its package is missing."""
     if name == 'asyncio':
         return asyncio.new_event_loop()  # the default policy's loop: the selector loop on Linux
+    if name == 'ferroloop-timed':
+        ferroloop = importlib.import_module('ferroloop')
+        loop = ferroloop.new_event_loop()
+        ferroloop.enable_timing(loop)
+        return loop
     return importlib.import_module(name).new_event_loop()
 
 
@@ -41,6 +49,8 @@ def server_loop(name, cpu=None):
 def loop_version(name):
     if name == 'asyncio':
         return sys.version.split()[0]
+    if name == 'ferroloop-timed':
+        return loop_version('ferroloop') + ' (timing on)'
     version = importlib.metadata.version(name)
     if name == 'ferroloop':  # a debug build would make every number meaningless: show it
         version += ' ' + importlib.import_module(name).BUILD_PROFILE
@@ -237,6 +247,23 @@ def threadsafe(loop, n):
     return n
 
 
+SUBPROCESS_PROGRAM = '/bin/true'
+
+
+def subprocess_exec(loop, n):
+    """n times: asyncio.create_subprocess_exec('/bin/true'), then await proc.wait() (exit status 0)."""
+    async def main():
+        ok = 0
+        for _ in range(n):
+            proc = await asyncio.create_subprocess_exec(SUBPROCESS_PROGRAM)
+            ok += await proc.wait() == 0
+        return ok
+
+    ok = loop.run_until_complete(main())
+    assert ok == n, ok
+    return n
+
+
 # name -> (function, operations at --scale 1.0)
 SCENARIOS = {
     'call_soon': (call_soon, 1_000_000),
@@ -248,17 +275,24 @@ SCENARIOS = {
     'futures': (futures, 200_000),
     'gather': (gather, 100_000),
     'threadsafe': (threadsafe, 200_000),
+    'subprocess': (subprocess_exec, 2_000),
 }
+# scenarios whose operations are too slow for the WIDTH floor of the others
+MIN_OPS = {'subprocess': 20}
 
 
 # --- worker ------------------------------------------------------------------------------------
 def measure(scenario, loop_name, scale):
     fn, base = SCENARIOS[scenario]
-    n = max(WIDTH, int(base * scale))
+    floor = MIN_OPS.get(scenario, WIDTH)
+    n = max(floor, int(base * scale))
     loop = new_loop(loop_name)
     asyncio.set_event_loop(loop)  # for code that still asks get_event_loop()
     try:
-        fn(loop, max(WIDTH, n // 20))  # warm-up: first-call costs, caches, allocator pools
+        try:
+            fn(loop, max(floor, n // 20))  # warm-up: first-call costs, caches, allocator pools
+        except NotImplementedError as e:  # a loop without the feature: "–" in the report
+            return {'scenario': scenario, 'loop': loop_name, 'unsupported': f'NotImplementedError: {e}'}
         gc.collect()  # start from a clean heap; the collector stays on, as in real programs
         wall0, cpu0 = time.perf_counter(), time.process_time()
         ops = fn(loop, n)
@@ -274,9 +308,9 @@ def measure(scenario, loop_name, scale):
 def main(argv):
     import argparse
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--probe', metavar='LOOP', choices=LOOPS)
+    p.add_argument('--probe', metavar='LOOP', choices=LOOPS + EXTRA_LOOPS)
     p.add_argument('scenario', nargs='?', choices=SCENARIOS)
-    p.add_argument('loop', nargs='?', choices=LOOPS)
+    p.add_argument('loop', nargs='?', choices=LOOPS + EXTRA_LOOPS)
     p.add_argument('--scale', type=float, default=1.0)
     p.add_argument('--cpu', type=int, help='pin this process to that CPU')
     a = p.parse_args(argv)

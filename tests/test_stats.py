@@ -232,3 +232,44 @@ def test_format_and_prometheus(floop):
     assert values['ferroloop_callbacks_total'] == s['callbacks']
     assert values['ferroloop_iterations_total'] == s['iterations']
     assert math.isclose(values['ferroloop_time_callbacks_total'], s['time_callbacks'])
+
+
+@pytest.mark.timeout(60)
+def test_prometheus_example_serves_metrics():
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    from conftest import ROOT
+
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, 'examples', 'telemetry', 'prometheus_aiohttp.py'),
+         '--port', str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f'http://127.0.0.1:{port}/work?ms=30', timeout=5).read()
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode()
+                assert time.monotonic() < deadline, 'the example did not start'
+                time.sleep(0.1)
+        body = urllib.request.urlopen(f'http://127.0.0.1:{port}/metrics', timeout=5).read()
+        text = body.decode()
+        values = {}
+        for line in text.splitlines():
+            if not line.startswith('#'):
+                name, value = line.rsplit(' ', 1)
+                values[name] = float(value)
+        assert values['ferroloop_timing{app="example"}'] == 1
+        assert values['ferroloop_callbacks_total{app="example"}'] > 0
+        assert values['ferroloop_callback_max{app="example"}'] >= 0.03  # the blocking handler
+        assert values['ferroloop_readers{app="example"}'] >= 1          # the listening socket
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BENCH))
-from scenarios import LOOPS  # noqa: E402  ('asyncio', 'uvloop', 'rloop', 'ferroloop')
+from scenarios import LOOPS  # noqa: E402  ('asyncio', 'uvloop', 'rloop', 'rsloop', 'ferroloop')
 
 CLK_TCK = os.sysconf('SC_CLK_TCK')
 
@@ -47,11 +47,22 @@ def probe_loops(python, loops):
     return versions, skipped
 
 
+FIFO = None  # a SCHED_FIFO priority for the servers and clients (--fifo), None: the normal scheduler
+
+
 def pin(cpu):
-    """preexec_fn pinning the child to one CPU (None: no pinning)."""
-    if cpu is None:
+    """preexec_fn pinning the child to one CPU (None: no pinning), and with FIFO set, putting it in
+    the SCHED_FIFO class (so other load on the machine cannot preempt it; the kernel's RT
+    throttling still leaves 5 % of each CPU to the rest)."""
+    if cpu is None and FIFO is None:
         return None
-    return lambda: os.sched_setaffinity(0, {cpu})
+
+    def setup():
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+        if FIFO is not None:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(FIFO))
+    return setup
 
 
 def default_cpus():
@@ -119,12 +130,14 @@ class Server:
 
 # --- statistics ----------------------------------------------------------------------------------
 US = 'server_cpu_us_per_req'
-RATIOS = ('asyncio', 'uvloop', 'best')  # 'best' = the better of uvloop and rloop in that case
+RATIOS = ('asyncio', 'uvloop', 'best')  # 'best' = the best of uvloop, rloop and rsloop in that case
+PEERS = ('uvloop', 'rloop', 'rsloop')  # the compiled peers 'best' is taken from
+BEST_LABEL = 'best(uv,r,rs)'
 
 
 def summarize(samples, case_order, loops, ceiling_key=None):
     """samples: {(case, loop): [result]} with 'req_per_s' (or 'error'). Rows with medians and the
-    ratios of req/s: vs asyncio, vs uvloop, vs best(uvloop, rloop), vs the ceiling (ceiling_key(case)
+    ratios of req/s: vs asyncio, vs uvloop, vs best(uvloop, rloop, rsloop), vs the ceiling (ceiling_key(case)
     gives the (case, loop) of the reference sample list, or None)."""
     def med(key, field='req_per_s'):
         vals = [r[field] for r in samples.get(key, []) if r.get(field) is not None and 'error' not in r]
@@ -137,14 +150,18 @@ def summarize(samples, case_order, loops, ceiling_key=None):
                 continue
             results = samples[case, loop]
             good = [r for r in results if 'error' not in r and r.get('req_per_s')]
+            unsupported = next((r['unsupported'] for r in results if 'unsupported' in r), None)
             rates = [r['req_per_s'] for r in good]
             m = statistics.median(rates) if rates else None
             row = {'case': case, 'loop': loop, 'n': len(good), 'failed': len(results) - len(good), 'req_per_s': m,
                    'spread': (max(rates) - min(rates)) / m if m else None,
-                   'error': next((r['error'] for r in results if 'error' in r), None)}
-            for f in ('server_cpu_us_per_req', 'p50_us', 'p99_us', 'server_cpu_pct', 'client_cpu_pct'):
+                   'error': next((r['error'] for r in results if 'error' in r), None),
+                   'unsupported': unsupported}  # the loop lacks the feature: "–", not a failure
+            row['failed'] -= sum('unsupported' in r for r in results)
+            for f in ('server_cpu_us_per_req', 'p50_us', 'p99_us', 'p999_us', 'max_us', 'server_cpu_pct',
+                      'client_cpu_pct', 'resent'):
                 row[f] = med((case, loop), f)
-            bests = [x for x in (med((case, 'uvloop')), med((case, 'rloop'))) if x]
+            bests = [x for x in (med((case, p)) for p in PEERS) if x]
             refs = {'asyncio': med((case, 'asyncio')), 'uvloop': med((case, 'uvloop')),
                     'best': max(bests) if bests else None}
             if ceiling_key:
@@ -153,7 +170,7 @@ def summarize(samples, case_order, loops, ceiling_key=None):
                 row[f'vs_{name}'] = m / ref if m and ref else None
             # the same on CPU cost: reference's server µs/req / this one's (> 1: cheaper than it)
             cost = row['server_cpu_us_per_req']
-            cheapest = [x for x in (med((case, 'uvloop'), US), med((case, 'rloop'), US)) if x]
+            cheapest = [x for x in (med((case, p), US) for p in PEERS) if x]
             crefs = {'asyncio': med((case, 'asyncio'), US), 'uvloop': med((case, 'uvloop'), US),
                      'best': min(cheapest) if cheapest else None}
             if ceiling_key:
@@ -179,11 +196,14 @@ def fmt_num(x, digits=0):
 def table_cells(rows, case_cols, ceiling=False):
     ratios = list(RATIOS) + (['ceiling'] if ceiling else [])
     head = case_cols + ['loop', 'req/s', 'spread', 'srv CPU µs/req', 'srv CPU', 'cli CPU', 'p50 µs', 'p99 µs'] + \
-        [f'vs {"best(uv,r)" if r == "best" else r}' for r in ratios] + ['note']
+        [f'vs {BEST_LABEL if r == "best" else r}' for r in ratios] + ['note']
     body = []
     for r in rows:
         cells = list(r['case_cells']) + [r['loop']]
-        if r['req_per_s'] is None:
+        if r['req_per_s'] is None and r.get('unsupported') and not r.get('error'):
+            note = ('not supported: ' + r['unsupported'])[:90].replace('|', '/')
+            cells += ['–'] + [''] * (len(head) - len(cells) - 2) + [note]
+        elif r['req_per_s'] is None:
             note = (r.get('error') or 'no sample')[:90].replace('|', '/')
             cells += ['ERROR'] + [''] * (len(head) - len(cells) - 2) + [note]
         else:
@@ -200,13 +220,14 @@ def cpu_table_cells(rows, case_cols, ceiling=False):
     """The server-CPU view: µs per request and how much cheaper than each reference (ref / this)."""
     ratios = list(RATIOS) + (['ceiling'] if ceiling else [])
     head = case_cols + ['loop', 'srv CPU µs/req', 'req per srv CPU-s'] + \
-        [f'vs {"best(uv,r)" if r == "best" else r}' for r in ratios]
+        [f'vs {BEST_LABEL if r == "best" else r}' for r in ratios]
     body = []
     for r in rows:
         us = r.get('server_cpu_us_per_req')
         cells = list(r['case_cells']) + [r['loop']]
         if not us:
-            cells += ['ERROR'] + [''] * (len(head) - len(cells) - 1)
+            mark = '–' if r.get('unsupported') and not r.get('error') else 'ERROR'
+            cells += [mark] + [''] * (len(head) - len(cells) - 1)
         else:
             cells += [fmt_num(us, 1), fmt_num(1e6 / us)] + [fmt_ratio(r.get(f'cpu_vs_{x}')) for x in ratios]
         body.append(cells)
@@ -246,6 +267,23 @@ def print_report(rows, case_cols, path, markdown_intro=None, ceiling=False):
         print(markdown_table(head, body, left=left))
         print(CPU_CAPTION)
         print(markdown_table(chead, cbody, left=left, note=False))
+
+
+def make_cert():
+    """A self-signed P-256 certificate for localhost in a fresh temporary directory (removed at
+    exit): (cert path, key path). Made with the openssl command line tool."""
+    import atexit
+    import shutil
+    import tempfile
+    d = tempfile.mkdtemp(prefix='ferroloop-bench-tls-')
+    atexit.register(shutil.rmtree, d, True)
+    cert, key = os.path.join(d, 'cert.pem'), os.path.join(d, 'key.pem')
+    r = subprocess.run(['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1',
+                        '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=localhost'],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f'openssl req failed: {r.stderr.strip()[-300:]}')
+    return cert, key
 
 
 def machine():

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ('asyncio', 'uvloop', 'rloop', 'ferroloop', 'rust')
-COLORS = {'asyncio': '#9e9e9e', 'uvloop': '#1f77b4', 'rloop': '#ff7f0e', 'ferroloop': '#d62728',
+ORDER = ('asyncio', 'uvloop', 'rloop', 'rsloop', 'ferroloop', 'rust')
+COLORS = {'asyncio': '#9e9e9e', 'uvloop': '#1f77b4', 'rloop': '#ff7f0e', 'rsloop': '#9467bd', 'ferroloop': '#d62728',
           'rust': '#2ca02c'}
 LABELS = {'rust': 'plain Rust (ceiling)'}
 

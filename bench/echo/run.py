@@ -1,8 +1,8 @@
-"""Echo benchmark: asyncio, uvloop, rloop and ferroloop echo servers against a compiled client,
+"""Echo benchmark: asyncio, uvloop, rloop, rsloop and ferroloop echo servers against a compiled client,
 with a plain-Rust epoll server as the ceiling (see bench/echo/README.md).
 
     python bench/echo/run.py [--quick] [--reps N] [--duration S] [--loops a,b] [--styles ...]
-                             [--transports tcp,unix] [--sizes 1024,...] [--conns 1,32] [--markdown]
+                             [--transports tcp,unix,udp] [--sizes 1024,...] [--conns 1,32] [--markdown]
 
 Every sample is a fresh server process pinned to one CPU and a fresh client pinned to the other;
 samples are interleaved (each repetition runs every case on every loop, the loop order rotating).
@@ -23,12 +23,16 @@ SERVER_PY = HERE / 'server.py'
 CLIENT = HERE / 'target' / 'release' / 'echo-client'
 RUST_SERVER = HERE / 'target' / 'release' / 'echo-server'
 STYLES = ('protocol', 'streams', 'sock')
-TRANSPORTS = ('tcp', 'unix')
+TRANSPORTS = ('tcp', 'unix', 'udp', 'tls')
+UDP_MAX = 65507  # the largest UDP payload over IPv4: larger sizes have no UDP case
+TLS_SIZES = (1024, 16 * 1024)  # the TLS cases' default sizes (one record and a full 16 KiB record)
+TLS_STYLES = ('protocol', 'streams')  # ssl= exists for create_server and start_server only
 SIZES = (1024, 10 * 1024, 100 * 1024)
 CONNS = (1, 32)
 # --quick: the cases that matter most, a few seconds each
 QUICK_CASES = [('protocol', 'tcp', 1024, 32), ('streams', 'tcp', 1024, 32), ('sock', 'tcp', 1024, 32),
-               ('protocol', 'tcp', 1024, 1), ('protocol', 'unix', 1024, 32), ('protocol', 'tcp', 102400, 32)]
+               ('protocol', 'tcp', 1024, 1), ('protocol', 'unix', 1024, 32), ('protocol', 'tcp', 102400, 32),
+               ('protocol', 'udp', 1024, 32), ('protocol', 'tls', 1024, 32)]
 CEILING = 'rust'  # the plain-Rust echo-server, one per (transport, size, conns)
 
 
@@ -52,10 +56,14 @@ def parse_args(argv):
     p.add_argument('--server-cpu', type=int, help='CPU of the servers (default: the first allowed)')
     p.add_argument('--client-cpu', type=int, help='CPU of the client (default: the second allowed)')
     p.add_argument('--python', default=sys.executable, help='interpreter of the Python servers')
+    p.add_argument('--fifo', type=int, metavar='PRIO',
+                   help='run servers and clients as SCHED_FIFO at this priority (root; isolates the '
+                        'latency figures from other load on the machine)')
     p.add_argument('--no-build', action='store_true', help='do not run cargo build first')
     p.add_argument('--markdown', action='store_true', help='also print a Markdown report')
     p.add_argument('--out', type=Path, default=HERE / 'results', help='where the raw JSON goes')
     a = p.parse_args(argv)
+    a.cert = a.key = None  # made once per run when a TLS case is selected
     a.duration = a.duration or (2.0 if a.quick else 5.0)
     a.warmup = a.warmup if a.warmup is not None else (0.5 if a.quick else 1.0)
     srv, cli = nb.default_cpus()
@@ -64,8 +72,16 @@ def parse_args(argv):
     if a.quick and not (a.styles or a.transports or a.sizes or a.conns):
         a.cases = list(QUICK_CASES)
     else:
-        a.cases = [(st, tr, sz, c) for tr in (a.transports or TRANSPORTS) for sz in (a.sizes or SIZES)
-                   for c in (a.conns or CONNS) for st in (a.styles or STYLES)]
+        # UDP: the datagram Protocol server only ('protocol'), sizes that fit in one datagram;
+        # TLS (TCP + ssl=): protocol and streams, 1 KiB and 16 KiB unless --sizes says otherwise
+        def sizes(tr):
+            return a.sizes or (TLS_SIZES if tr == 'tls' else SIZES)
+        a.cases = [(st, tr, sz, c) for tr in (a.transports or TRANSPORTS) for sz in sizes(tr)
+                   for c in (a.conns or CONNS) for st in (a.styles or STYLES)
+                   if (tr != 'udp' or (st == 'protocol' and sz <= UDP_MAX)) and (tr != 'tls' or st in TLS_STYLES)]
+        if not a.cases:
+            p.error('no case in that selection (UDP runs --styles protocol with sizes up to 65507, '
+                    'TLS --styles protocol,streams)')
     return a
 
 
@@ -81,7 +97,8 @@ def sample(a, case, loop):
     """One fresh server + one client run: the client's JSON (plus CPU percentages) or {'error'}."""
     style, transport, size, conns = case
     path = f'/tmp/ferroloop-echo-{os.getpid()}.sock'
-    where = ['--unix', path] if transport == 'unix' else ['--tcp', '127.0.0.1:0']
+    where = {'unix': ['--unix', path], 'tcp': ['--tcp', '127.0.0.1:0'], 'udp': ['--udp', '127.0.0.1:0'],
+             'tls': ['--tls', '127.0.0.1:0', '--cert', a.cert, '--key', a.key]}[transport]
     if loop == CEILING:
         cmd = [str(RUST_SERVER)] + where
     else:
@@ -89,6 +106,8 @@ def sample(a, case, loop):
     srv = nb.Server(cmd, a.server_cpu)
     try:
         line = srv.read_line(30)
+        if line and line.startswith('UNSUPPORTED '):
+            return {'unsupported': line.split(' ', 1)[1]}
         if not line or not line.startswith('LISTENING '):
             return {'error': f'server did not start: {srv.error_tail()}'}
         _, kind, addr = line.split(' ', 2)
@@ -143,7 +162,8 @@ def collect(a, loops):
                 res = {'loop': loop, 'case': list(case), 'rep': rep, **sample(a, case, loop)}
                 samples[case, loop].append(res)
                 done += 1
-                note = f'{res["req_per_s"]:,.0f} req/s' if 'req_per_s' in res else res['error']
+                note = (f'{res["req_per_s"]:,.0f} req/s' if 'req_per_s' in res
+                        else res.get('error') or 'not supported: ' + res.get('unsupported', '?'))
                 nb.progress(f'[{done}/{total}] rep {rep + 1} {"/".join(map(str, case))} {loop}: {note}')
         if not sys.stderr.isatty():
             print(f'rep {rep + 1}/{a.reps} done', file=sys.stderr, flush=True)
@@ -152,10 +172,38 @@ def collect(a, loops):
     return samples, [case for case, _ in plan]
 
 
+def tls_cost_table(rows, markdown):
+    """For each TLS row with a plain-TCP row of the same style, size, connections and server: server
+    CPU per request over TLS / over plain TCP (what TLS costs on that loop; lower is better)."""
+    us = {(tuple(r['case']), r['loop']): r['server_cpu_us_per_req'] for r in rows}
+    head = ['style', 'size', 'conns', 'loop', 'tcp µs/req', 'tls µs/req', 'tls / tcp']
+    body = []
+    for r in rows:
+        st, tr, sz, c = r['case']
+        if tr != 'tls':
+            continue
+        tcp = us.get(((st, 'tcp', sz, c), r['loop']))
+        tls = r['server_cpu_us_per_req']
+        if tcp and tls:
+            body.append([r['case_cells'][0], size_label(sz), str(c), r['loop'], nb.fmt_num(tcp, 1), nb.fmt_num(tls, 1),
+                         f'{tls / tcp:.2f}x'])
+    if not body:
+        return
+    caption = '\nTLS cost: server CPU per request over TLS / over plain TCP, same loop and case (lower is better):\n'
+    print(caption)
+    print(nb.plain_table(head, body, left=4, note=False))
+    if markdown:
+        print(caption)
+        print(nb.markdown_table(head, body, left=4, note=False))
+
+
 def main(argv=None):
     a = parse_args(argv)
+    nb.FIFO = a.fifo
     if not a.no_build:
         build()
+    if any(case[1] == 'tls' for case in a.cases):
+        a.cert, a.key = nb.make_cert()
     versions, skipped = nb.probe_loops(a.python, a.loops)
     for loop, why in skipped.items():
         print(f'skipping {loop}: {why}', file=sys.stderr)
@@ -187,6 +235,7 @@ def main(argv=None):
                  'srv CPU µs/req: server CPU time (user+sys) per request (lower is better); '
                  'vs: ratio of req/s.\n')
     nb.print_report(rows, ['style', 'transport', 'size', 'conns'], path, intro, ceiling=not a.no_ceiling)
+    tls_cost_table(rows, a.markdown)
     failed = [r for r in rows if r['req_per_s'] is None and r['loop'] in ('ferroloop', CEILING)]
     return 1 if failed else 0
 

@@ -1,5 +1,5 @@
-"""HTTP benchmark: an httptools Protocol server and a uvicorn app on asyncio, uvloop, rloop and
-ferroloop, loaded by wrk (see bench/http/README.md).
+"""HTTP benchmark: an httptools Protocol server and a uvicorn app on asyncio, uvloop, rloop, rsloop
+and ferroloop, loaded by wrk (see bench/http/README.md).
 
     python bench/http/run.py [--quick] [--reps N] [--duration S] [--loops a,b]
                              [--servers httptools,uvicorn] [--conns 1,32] [--markdown]
@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -24,10 +25,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / 'echo'))
 import netbench as nb  # noqa: E402
 
-SERVERS = ('httptools', 'uvicorn')
+SERVERS = ('httptools', 'uvicorn', 'httptools-tls', 'uvicorn-tls')  # -tls: HTTPS, a self-signed cert made per run
 # uvicorn --loop accepts its own names and any "module:factory" (uvicorn >= 0.36)
 UVICORN_LOOP = {'asyncio': 'asyncio', 'uvloop': 'uvloop', 'rloop': 'rloop:new_event_loop',
-                'ferroloop': 'ferroloop:new_event_loop'}
+                'rsloop': 'rsloop:new_event_loop', 'ferroloop': 'ferroloop:new_event_loop'}
 BODY = b'Hello, World!'
 
 
@@ -85,8 +86,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-def get(port, path, timeout=2.0):
-    conn = http.client.HTTPConnection('127.0.0.1', port, timeout=timeout)
+def get(port, path, timeout=2.0, tls=False):
+    if tls:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # the self-signed certificate of the run
+        conn = http.client.HTTPSConnection('127.0.0.1', port, timeout=timeout, context=context)
+    else:
+        conn = http.client.HTTPConnection('127.0.0.1', port, timeout=timeout)
     try:
         conn.request('GET', path)
         r = conn.getresponse()
@@ -95,7 +102,7 @@ def get(port, path, timeout=2.0):
         conn.close()
 
 
-def wait_ready(srv, port, timeout=30.0):
+def wait_ready(srv, port, timeout=30.0, tls=False):
     """(True, loop class) once GET / answers correctly, else (False, reason)."""
     deadline = time.monotonic() + timeout
     last = 'no answer'
@@ -103,10 +110,10 @@ def wait_ready(srv, port, timeout=30.0):
         if not srv.alive():
             return False, f'server did not start: {srv.error_tail()}'
         try:
-            status, body = get(port, '/')
+            status, body = get(port, '/', tls=tls)
             if status != 200 or body != BODY:
                 return False, f'wrong answer to GET /: {status} {body[:60]!r}'
-            return True, get(port, '/loop')[1].decode()
+            return True, get(port, '/loop', tls=tls)[1].decode()
         except OSError as e:
             last = repr(e)
             time.sleep(0.1)
@@ -116,9 +123,10 @@ def wait_ready(srv, port, timeout=30.0):
 UNIT = {'us': 1, 'ms': 1e3, 's': 1e6}
 
 
-def run_wrk(a, wrk, port, conns, seconds):
+def run_wrk(a, wrk, port, conns, seconds, tls=False):
     """Runs wrk; (parsed dict, wrk CPU seconds). The dict has 'error' if wrk failed or saw errors."""
-    cmd = [wrk, '-t1', f'-c{conns}', f'-d{seconds}s', '--latency', f'http://127.0.0.1:{port}/']
+    url = f'{"https" if tls else "http"}://127.0.0.1:{port}/'
+    cmd = [wrk, '-t1', f'-c{conns}', f'-d{seconds}s', '--latency', url]
     with tempfile.TemporaryFile('w+') as out:
         p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True,
                              preexec_fn=nb.pin(a.client_cpu))
@@ -155,26 +163,33 @@ def run_wrk(a, wrk, port, conns, seconds):
 
 def sample(a, wrk, case, loop):
     server, conns = case
+    tls = server.endswith('-tls')
     port = free_port()
-    if server == 'uvicorn':
+    if server.startswith('uvicorn'):
         cmd = [a.python, '-m', 'uvicorn', 'app:app', '--app-dir', str(HERE), '--host', '127.0.0.1',
                '--port', str(port), '--loop', UVICORN_LOOP[loop], '--http', 'httptools',
                '--no-access-log', '--log-level', 'warning']
+        if tls:
+            cmd += ['--ssl-certfile', a.cert, '--ssl-keyfile', a.key]
     else:
         cmd = [a.python, str(HERE / 'server.py'), '--loop', loop, '--port', str(port)]
+        if tls:
+            cmd += ['--cert', a.cert, '--key', a.key]
     srv = nb.Server(cmd, a.server_cpu)
     try:
-        ok, info = wait_ready(srv, port)
+        ok, info = wait_ready(srv, port, tls=tls)
+        if not ok and not srv.alive() and 'NotImplementedError' in srv.error_tail(n=3):
+            return {'unsupported': srv.error_tail()}  # the loop lacks the feature (e.g. rloop's ssl=): "–"
         if not ok:
             return {'error': info}
         if not info.startswith(loop + '.'):
             return {'error': f'wrong loop running: {info}'}
         if a.warmup:
-            warm, _ = run_wrk(a, wrk, port, conns, a.warmup)
+            warm, _ = run_wrk(a, wrk, port, conns, a.warmup, tls)
             if 'error' in warm:
                 return {'error': f'warm-up: {warm["error"]}'}
         cpu0 = nb.proc_cpu(srv.pid)  # the server is idle between the two wrk runs
-        res, wrk_cpu = run_wrk(a, wrk, port, conns, a.duration)
+        res, wrk_cpu = run_wrk(a, wrk, port, conns, a.duration, tls)
         cpu1 = nb.proc_cpu(srv.pid)
         if not srv.alive():
             return {'error': f'server died: {srv.error_tail()}'}
@@ -193,6 +208,8 @@ def main(argv=None):
     a = parse_args(argv)
     wrk = ensure_wrk()
     uvicorn_version = probe_python_packages(a.python)
+    if any(s.endswith('-tls') for s in a.servers):
+        a.cert, a.key = nb.make_cert()
     versions, skipped = nb.probe_loops(a.python, a.loops)
     for loop, why in skipped.items():
         print(f'skipping {loop}: {why}', file=sys.stderr)
@@ -211,7 +228,8 @@ def main(argv=None):
                 res = {'loop': loop, 'case': list(case), 'rep': rep, **sample(a, wrk, case, loop)}
                 samples[case, loop].append(res)
                 done += 1
-                note = f'{res["req_per_s"]:,.0f} req/s' if 'error' not in res else res['error']
+                note = (f'{res["req_per_s"]:,.0f} req/s' if 'req_per_s' in res
+                        else res.get('error') or 'not supported: ' + res.get('unsupported', '?'))
                 nb.progress(f'[{done}/{total}] rep {rep + 1} {case[0]}/{case[1]} {loop}: {note}')
         if not sys.stderr.isatty():
             print(f'rep {rep + 1}/{a.reps} done', file=sys.stderr, flush=True)

@@ -2,7 +2,9 @@
 (as uvloop's http benchmark server). GET / -> 200 "Hello, World!"; GET /loop -> the running
 loop's class; anything else -> 404.
 
-    python bench/http/server.py --loop ferroloop --port 8000 [--cpu 0]
+    python bench/http/server.py --loop ferroloop --port 8000 [--cpu 0] [--cert C.pem --key K.pem]
+
+With --cert and --key it serves HTTPS (create_server(..., ssl=context)).
 
 Prints "LISTENING tcp HOST:PORT" when it accepts connections, then serves until killed.
 """
@@ -10,6 +12,7 @@ Prints "LISTENING tcp HOST:PORT" when it accepts connections, then serves until 
 import argparse
 import asyncio
 import socket
+import ssl
 import sys
 from pathlib import Path
 
@@ -61,8 +64,8 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.close()
 
 
-async def serve(loop, sock, ready):
-    server = await loop.create_server(HttpProtocol, sock=sock)
+async def serve(loop, sock, ready, context=None):
+    server = await loop.create_server(HttpProtocol, sock=sock, ssl=context)
     ready()
     try:
         await loop.create_future()  # not serve_forever(): it breaks rloop 0.5 (see bench/echo/server.py)
@@ -76,8 +79,16 @@ def main(argv=None):
     p.add_argument('--host', default='127.0.0.1')
     p.add_argument('--port', type=int, default=0)
     p.add_argument('--cpu', type=int, help='pin this process to one CPU')
+    p.add_argument('--cert', help='serve HTTPS with this certificate chain (PEM; needs --key)')
+    p.add_argument('--key', help='the private key of --cert (PEM)')
     a = p.parse_args(argv)
+    if bool(a.cert) != bool(a.key):
+        p.error('--cert and --key go together')
     loop = server_loop(a.loop, a.cpu)
+    context = None
+    if a.cert:  # after the loop's import: rsloop records the certificate in load_cert_chain
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(a.cert, a.key)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((a.host, a.port))
@@ -88,7 +99,7 @@ def main(argv=None):
         print(shown, flush=True)
 
     try:
-        loop.run_until_complete(serve(loop, sock, ready))
+        loop.run_until_complete(serve(loop, sock, ready, context))
     except KeyboardInterrupt:
         pass
 

@@ -3,11 +3,13 @@
 use std::io;
 use std::os::unix::io::RawFd;
 
-/// `--tcp HOST:PORT` or `--unix PATH`.
+/// `--tcp HOST:PORT`, `--unix PATH`, `--udp HOST:PORT` or `--tls HOST:PORT` (TCP + TLS).
 #[derive(Clone, Debug)]
 pub enum Addr {
     Tcp(String),
     Unix(String),
+    Udp(String),
+    Tls(String),
 }
 
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {

@@ -1,23 +1,39 @@
 //! Request/response echo load client on epoll (one thread).
 //!
-//!     echo-client (--tcp HOST:PORT | --unix PATH) [--conns 32] [--size 1024] [--warmup 1]
-//!                 [--duration 5 | --requests N] [--server-pid PID] [--timeout 10] [--busy-poll]
+//!     echo-client (--tcp HOST:PORT | --unix PATH | --udp HOST:PORT) [--conns 32] [--size 1024]
+//!                 [--warmup 1] [--duration 5 | --requests N] [--server-pid PID] [--timeout 10]
+//!                 [--resend-ms 100] [--busy-poll]
 //!
 //! Each of `--conns` connections sends a `--size`-byte message, waits until the whole echo is back
 //! (checking every byte: a per-connection pattern with the request number in the first 8 bytes),
-//! then sends the next one. After `--warmup` seconds the counters reset and the measurement runs
+//! then sends the next one. With `--udp` each "connection" is its own UDP socket (connected to the
+//! server) sending one datagram and waiting for its echo; a datagram whose echo has not come back
+//! after `--resend-ms` is sent again (counted in "resent"; the latency still counts from the first
+//! send), and a stale echo of an earlier request is ignored (counted in "stale"), so a lost datagram
+//! cannot stall the client. With `--tls` each connection is TCP + TLS (the system OpenSSL; the
+//! handshake happens before the warm-up, without certificate verification, offering only the TLS 1.3
+//! suite `--ciphersuites`, so every server negotiates the same cipher; reported as "cipher").
+//!
+//!     echo-client (--tcp | --tls) HOST:PORT --transfer BYTES [--server-pid PID]
+//!
+//! One-way transfer: one connection sends an 8-byte little-endian length, then BYTES bytes in 256 KiB
+//! writes; the server answers "DONE" once it has them all. Prints bytes, seconds, MiB/s and the
+//! server's CPU seconds over that window. After `--warmup` seconds the counters reset and the measurement runs
 //! for `--duration` seconds (or until `--requests` echoes completed). Prints one JSON line:
-//! requests, seconds, req_per_s, latency percentiles (µs, send start -> last echoed byte),
+//! requests, seconds, req_per_s, latency percentiles p50/p90/p99/p99.9/max (µs, send start -> last
+//! echoed byte, from all samples of the window, sorted),
 //! the client's CPU seconds, and with `--server-pid` the server's CPU seconds (utime + stime from
 //! /proc/PID/stat, read exactly at the window edges) and its CPU µs per request.
 //! `--busy-poll` polls epoll without sleeping (the client's CPU never idles, so waking it is cheap).
 //! On a wrong echo, a closed connection or no progress for `--timeout` s: {"error": ...}, exit 1.
 
-use std::io::Write;
-use std::net::TcpStream;
+use std::io::{Read, Write};
+use std::net::{TcpStream, UdpSocket};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
+
+use openssl::ssl::{ErrorCode, SslConnector, SslMethod, SslMode, SslStream, SslVerifyMode};
 
 use ferroloop_echo_bench::{json_str, parse_flags, read, set_nodelay, set_nonblocking, write, Addr, Epoll};
 
@@ -28,16 +44,19 @@ const OUT: u32 = libc::EPOLLOUT as u32;
 enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Udp(UdpSocket),
+    Tls(SslStream<TcpStream>),
 }
 
 struct Conn {
-    _stream: Stream,
+    stream: Stream,
     fd: RawFd,
     msg: Vec<u8>,
     seq: u64,
     sent: usize,
     recvd: usize,
     started: Instant,
+    last_send: Instant,
     out_armed: bool,
 }
 
@@ -50,7 +69,10 @@ struct Opts {
     requests: Option<u64>,
     server_pid: Option<u32>,
     timeout: f64,
+    resend: Duration,
     busy_poll: bool,
+    ciphersuites: String,
+    transfer: Option<u64>,
 }
 
 fn fail(msg: &str) -> ! {
@@ -61,8 +83,9 @@ fn fail(msg: &str) -> ! {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: echo-client (--tcp HOST:PORT | --unix PATH) [--conns N] [--size BYTES] [--warmup S] \
-         [--duration S | --requests N] [--server-pid PID] [--timeout S] [--busy-poll]"
+        "usage: echo-client (--tcp HOST:PORT | --unix PATH | --udp HOST:PORT) [--conns N] [--size BYTES] \
+         [--warmup S] [--duration S | --requests N] [--server-pid PID] [--timeout S] [--resend-ms MS] [--busy-poll] \
+         [--ciphersuites TLS13SUITES] | (--tcp | --tls) HOST:PORT --transfer BYTES [--server-pid PID]"
     );
     std::process::exit(2)
 }
@@ -82,7 +105,10 @@ fn parse() -> Opts {
         requests: None,
         server_pid: None,
         timeout: 10.0,
+        resend: Duration::from_millis(100),
         busy_poll: false,
+        ciphersuites: "TLS_AES_256_GCM_SHA384".to_string(),
+        transfer: None,
     };
     let mut have_addr = false;
     for (k, v) in flags {
@@ -90,6 +116,11 @@ fn parse() -> Opts {
         match k.as_str() {
             "tcp" => (o.addr, have_addr) = (Addr::Tcp(v), true),
             "unix" => (o.addr, have_addr) = (Addr::Unix(v), true),
+            "udp" => (o.addr, have_addr) = (Addr::Udp(v), true),
+            "tls" => (o.addr, have_addr) = (Addr::Tls(v), true),
+            "ciphersuites" => o.ciphersuites = v,
+            "transfer" => o.transfer = Some(num(&v) as u64),
+            "resend-ms" => o.resend = Duration::from_secs_f64(num(&v) / 1e3),
             "conns" => o.conns = num(&v) as usize,
             "size" => o.size = num(&v) as usize,
             "warmup" => o.warmup = num(&v),
@@ -124,8 +155,31 @@ fn self_cpu() -> f64 {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-fn connect(addr: &Addr) -> (Stream, RawFd) {
+fn tls_connector(o: &Opts) -> SslConnector {
+    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap_or_else(|e| fail(&format!("TLS: {e}")));
+    b.set_verify(SslVerifyMode::NONE); // the servers use a self-signed certificate made for the run
+    b.set_ciphersuites(&o.ciphersuites).unwrap_or_else(|e| fail(&format!("--ciphersuites: {e}")));
+    b.set_mode(SslMode::ACCEPT_MOVING_WRITE_BUFFER | SslMode::ENABLE_PARTIAL_WRITE);
+    b.build()
+}
+
+/// "TLSv1.3 TLS_AES_256_GCM_SHA384" of a TLS stream.
+fn tls_cipher(s: &SslStream<TcpStream>) -> String {
+    let ssl = s.ssl();
+    format!("{} {}", ssl.version_str(), ssl.current_cipher().map_or("?", |c| c.name()))
+}
+
+fn connect(addr: &Addr, tls: Option<&SslConnector>) -> (Stream, RawFd) {
     match addr {
+        Addr::Tls(a) => {
+            let s = TcpStream::connect(a).unwrap_or_else(|e| fail(&format!("connect {a}: {e}")));
+            set_nodelay(s.as_raw_fd()).unwrap();
+            let cfg = tls.unwrap().configure().unwrap().verify_hostname(false).use_server_name_indication(false);
+            // blocking handshake: connections are set up before the warm-up
+            let s = cfg.connect("localhost", s).unwrap_or_else(|e| fail(&format!("TLS handshake with {a}: {e}")));
+            let fd = s.get_ref().as_raw_fd();
+            (Stream::Tls(s), fd)
+        }
         Addr::Tcp(a) => {
             let s = TcpStream::connect(a).unwrap_or_else(|e| fail(&format!("connect {a}: {e}")));
             let fd = s.as_raw_fd();
@@ -136,6 +190,12 @@ fn connect(addr: &Addr) -> (Stream, RawFd) {
             let s = UnixStream::connect(p).unwrap_or_else(|e| fail(&format!("connect {p}: {e}")));
             let fd = s.as_raw_fd();
             (Stream::Unix(s), fd)
+        }
+        Addr::Udp(a) => {
+            let s = UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| fail(&format!("bind: {e}")));
+            s.connect(a).unwrap_or_else(|e| fail(&format!("connect {a}: {e}")));
+            let fd = s.as_raw_fd();
+            (Stream::Udp(s), fd)
         }
     }
 }
@@ -151,10 +211,40 @@ fn stamp(c: &mut Conn) {
     c.msg[..k].copy_from_slice(&seq[..k]);
 }
 
+fn tls_err(e: openssl::ssl::Error) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+/// Reads what is there: `Ok(None)` when nothing is (EAGAIN, or TLS wants more bytes), `Ok(Some(0))` at EOF.
+fn stream_read(stream: &mut Stream, fd: RawFd, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+    match stream {
+        Stream::Tls(s) => match s.ssl_read(buf) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if matches!(e.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE) => Ok(None),
+            Err(e) if e.code() == ErrorCode::ZERO_RETURN => Ok(Some(0)),
+            Err(e) if e.code() == ErrorCode::SYSCALL && e.io_error().is_none() => Ok(Some(0)),
+            Err(e) => Err(tls_err(e)),
+        },
+        _ => read(fd, buf),
+    }
+}
+
+/// Writes what fits: the count, 0 when nothing fits now (EAGAIN, or TLS must wait).
+fn stream_write(stream: &mut Stream, fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
+    match stream {
+        Stream::Tls(s) => match s.ssl_write(buf) {
+            Ok(n) => Ok(n),
+            Err(e) if matches!(e.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE) => Ok(0),
+            Err(e) => Err(tls_err(e)),
+        },
+        _ => write(fd, buf),
+    }
+}
+
 /// Starts (or continues) sending the current message; arms EPOLLOUT while bytes remain.
 fn pump(ep: &Epoll, c: &mut Conn, token: u64) {
     if c.sent < c.msg.len() {
-        match write(c.fd, &c.msg[c.sent..]) {
+        match stream_write(&mut c.stream, c.fd, &c.msg[c.sent..]) {
             Ok(n) => c.sent += n,
             Err(e) => fail(&format!("send: {e}")),
         }
@@ -166,21 +256,81 @@ fn pump(ep: &Epoll, c: &mut Conn, token: u64) {
     }
 }
 
+/// Sends the current request as one datagram. EAGAIN (a full socket buffer) counts as a loss:
+/// the resend timer sends it again.
+fn send_datagram(c: &mut Conn, now: Instant) {
+    match write(c.fd, &c.msg) {
+        Ok(_) => {}
+        Err(e) => fail(&format!("sendto: {e}")),
+    }
+    c.last_send = now;
+}
+
+/// `--transfer BYTES`: one blocking connection, length header, the bytes, wait for "DONE".
+fn transfer(o: &Opts, tls: Option<&SslConnector>, total: u64) {
+    let (mut stream, _) = connect(&o.addr, tls);
+    let mut chunk: Vec<u8> = (0..256 * 1024).map(|j| pattern(0, j)).collect();
+    let cipher = if let Stream::Tls(s) = &stream { tls_cipher(s) } else { String::from("none") };
+    let (srv0, cli0) = (o.server_pid.and_then(proc_cpu), self_cpu());
+    let t0 = Instant::now();
+    let sink: &mut dyn Write = match &mut stream {
+        Stream::Tls(s) => s,
+        Stream::Tcp(s) => s,
+        _ => fail("--transfer needs --tcp or --tls"),
+    };
+    sink.write_all(&total.to_le_bytes()).unwrap_or_else(|e| fail(&format!("send: {e}")));
+    let mut left = total;
+    while left > 0 {
+        let k = left.min(chunk.len() as u64) as usize;
+        chunk[0] ^= 1; // not the same bytes every time
+        sink.write_all(&chunk[..k]).unwrap_or_else(|e| fail(&format!("send: {e}")));
+        left -= k as u64;
+    }
+    sink.flush().unwrap();
+    let mut ack = [0u8; 4];
+    let got = match &mut stream {
+        Stream::Tls(s) => s.read_exact(&mut ack),
+        Stream::Tcp(s) => s.read_exact(&mut ack),
+        _ => unreachable!(),
+    };
+    got.unwrap_or_else(|e| fail(&format!("waiting for DONE: {e}")));
+    if &ack != b"DONE" {
+        fail(&format!("expected DONE, got {ack:?}"));
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let (srv1, cli1) = (o.server_pid.and_then(proc_cpu), self_cpu());
+    let mut out = format!(
+        "{{\"bytes\": {total}, \"seconds\": {secs:.6}, \"mib_per_s\": {:.1}, \"client_cpu_s\": {:.4}, \"cipher\": {}",
+        total as f64 / secs / 1048576.0,
+        cli1 - cli0,
+        json_str(&cipher)
+    );
+    if let (Some(a), Some(b)) = (srv0, srv1) {
+        out += &format!(", \"server_cpu_s\": {:.4}", b - a);
+    }
+    println!("{out}}}");
+}
+
 fn main() {
     let o = parse();
+    let connector = matches!(o.addr, Addr::Tls(_)).then(|| tls_connector(&o));
+    if let Some(total) = o.transfer {
+        return transfer(&o, connector.as_ref(), total);
+    }
     let mut ep = Epoll::new(1024).unwrap();
     let mut conns: Vec<Conn> = (0..o.conns)
         .map(|i| {
-            let (stream, fd) = connect(&o.addr);
+            let (stream, fd) = connect(&o.addr, connector.as_ref());
             set_nonblocking(fd).unwrap();
             Conn {
-                _stream: stream,
+                stream,
                 fd,
                 msg: (0..o.size).map(|j| pattern(i, j)).collect(),
                 seq: 0,
                 sent: 0,
                 recvd: 0,
                 started: Instant::now(),
+                last_send: Instant::now(),
                 out_armed: false,
             }
         })
@@ -201,17 +351,58 @@ fn main() {
     let mut last_progress = t0;
     let stall = Duration::from_secs_f64(o.timeout);
 
+    let udp = matches!(o.addr, Addr::Udp(_));
+    let (mut resent, mut stale): (u64, u64) = (0, 0);
+    let mut last_scan = t0;
     for (i, c) in conns.iter_mut().enumerate() {
         stamp(c);
         c.started = Instant::now();
-        pump(&ep, c, i as u64);
+        if udp {
+            send_datagram(c, c.started);
+        } else {
+            pump(&ep, c, i as u64);
+        }
     }
 
     loop {
-        let events = ep.wait(if o.busy_poll { 0 } else { 100 }).unwrap_or_else(|e| fail(&format!("epoll_wait: {e}")));
+        let wait_ms = if o.busy_poll { 0 } else if udp { 5 } else { 100 };
+        let events = ep.wait(wait_ms).unwrap_or_else(|e| fail(&format!("epoll_wait: {e}")));
         for (ev, token) in events {
             let i = token as usize;
             let c = &mut conns[i];
+            if udp {
+                // one read = one datagram; drain the socket
+                loop {
+                    let n = match read(c.fd, &mut buf) {
+                        Ok(Some(n)) => n,
+                        Ok(None) => break,
+                        Err(e) => fail(&format!("client {i}: recv: {e}")),
+                    };
+                    if n != c.msg.len() {
+                        fail(&format!("client {i}: a {n}-byte datagram, expected {}", c.msg.len()));
+                    }
+                    let k = n.min(8);
+                    if buf[..k] != c.msg[..k] {
+                        stale += 1; // the echo of an earlier (resent) request
+                        continue;
+                    }
+                    if buf[..n] != c.msg[..] {
+                        let off = (0..n).find(|&k| buf[k] != c.msg[k]).unwrap();
+                        fail(&format!("client {i}: wrong echo at byte {off} of request {}", c.seq));
+                    }
+                    let now = Instant::now();
+                    last_progress = now;
+                    if measuring {
+                        done += 1;
+                        lat_ns.push((now - c.started).as_nanos() as u64);
+                    }
+                    c.seq += 1;
+                    stamp(c);
+                    c.started = now;
+                    send_datagram(c, now);
+                }
+                continue;
+            }
             if ev & OUT != 0 {
                 pump(&ep, c, token);
             }
@@ -220,7 +411,7 @@ fn main() {
             }
             loop {
                 let want = c.msg.len() - c.recvd;
-                let n = match read(c.fd, &mut buf) {
+                let n = match stream_read(&mut c.stream, c.fd, &mut buf) {
                     Ok(Some(0)) => fail(&format!("connection {i}: server closed the connection")),
                     Ok(Some(n)) => n,
                     Ok(None) => break,
@@ -251,9 +442,21 @@ fn main() {
             }
         }
         let now = Instant::now();
+        if udp && now - last_scan >= Duration::from_millis(5) {
+            last_scan = now;
+            for c in conns.iter_mut() {
+                if now - c.last_send >= o.resend {
+                    send_datagram(c, now); // lost (or slow): send the same request again
+                    if measuring {
+                        resent += 1;
+                    }
+                }
+            }
+        }
         if !measuring && now >= warm_end {
             measuring = true;
             (srv0, cli0) = (o.server_pid.and_then(proc_cpu), self_cpu());
+            (resent, stale) = (0, 0);
             m_start = Instant::now();
             m_end = m_start + Duration::from_secs_f64(o.duration);
         } else if measuring && (o.requests.map_or(now >= m_end, |r| done >= r)) {
@@ -274,11 +477,20 @@ fn main() {
         }
     };
     let mean = if lat_ns.is_empty() { 0.0 } else { lat_ns.iter().sum::<u64>() as f64 / lat_ns.len() as f64 / 1e3 };
+    let max = lat_ns.last().map_or(0.0, |&x| x as f64 / 1e3);
     let mut out = format!(
         "{{\"conns\": {}, \"size\": {}, \"requests\": {}, \"seconds\": {:.6}, \"req_per_s\": {:.1}, \
-         \"p50_us\": {:.1}, \"p99_us\": {:.1}, \"mean_us\": {:.1}, \"client_cpu_s\": {:.4}",
-        o.conns, o.size, done, secs, done as f64 / secs, pct(0.50), pct(0.99), mean, cli1 - cli0
+         \"p50_us\": {:.1}, \"p90_us\": {:.1}, \"p99_us\": {:.1}, \"p999_us\": {:.1}, \"max_us\": {:.1}, \
+         \"mean_us\": {:.1}, \"client_cpu_s\": {:.4}",
+        o.conns, o.size, done, secs, done as f64 / secs, pct(0.50), pct(0.90), pct(0.99), pct(0.999), max, mean,
+        cli1 - cli0
     );
+    if udp {
+        out += &format!(", \"resent\": {resent}, \"stale\": {stale}");
+    }
+    if let Some(Stream::Tls(t)) = conns.first().map(|c| &c.stream) {
+        out += &format!(", \"cipher\": {}", json_str(&tls_cipher(t)));
+    }
     if let (Some(a), Some(b)) = (srv0, srv1) {
         let per = if done > 0 { (b - a) / done as f64 * 1e6 } else { 0.0 };
         out += &format!(", \"server_cpu_s\": {:.4}, \"server_cpu_us_per_req\": {:.3}", b - a, per);

@@ -30,6 +30,8 @@ fn is_cancelled(h: &Py<Handle>) -> bool {
 pub(crate) fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
     let py = slf.py();
     let this = slf.get();
+    let counters = &this.counters;
+    counters.iterations.set(counters.iterations.get() + 1);
     let timing = this.timing.load(Relaxed);
     let t_start = if timing { this.now() } else { 0.0 };
 
@@ -59,25 +61,12 @@ pub(crate) fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
     };
 
     // 3. poll
-    let poll = match poll(slf, wait, timing) {
-        Ok(info) => info,
-        Err(e) => {
-            record(
-                slf,
-                t_start,
-                &PollInfo::default(),
-                0,
-                0,
-                &mut Batch::default(),
-            )?;
-            return Err(e);
-        }
-    };
+    let idle = poll(slf, wait, timing)?;
 
     // 4. due timers
-    let mut fired = 0u64;
     if next_deadline.is_some() {
         let now = this.now();
+        let mut fired = 0u64;
         this.timers.with(py, |t| {
             this.ready.with(py, |r| {
                 t.drain_due(now, is_cancelled, |h| {
@@ -87,128 +76,112 @@ pub(crate) fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
                 })
             })
         })??;
+        counters
+            .timers_fired
+            .set(counters.timers_fired.get() + fired);
     }
 
     // 5. run the ready batch
     let ntodo = this.ready.with(py, |r| r.batch())?;
-    let mut batch = Batch::default();
-    let result = if timing {
-        run_batch_timed(slf, ntodo, &mut batch)
+    if ntodo > counters.ready_max.get() {
+        counters.ready_max.set(ntodo);
+    }
+    if timing {
+        let mut time = 0.0;
+        let result = run_batch_timed(slf, ntodo, &mut time);
+        // t_start is 0 when timing was switched on during this iteration: no split for it.
+        if t_start > 0.0 && this.timing.load(Relaxed) {
+            let total = this.now() - t_start;
+            this.stats.with(py, |s| {
+                let t = &mut s.timing;
+                t.callbacks += time;
+                t.idle += idle;
+                t.overhead += (total - time - idle).max(0.0);
+            })?;
+        }
+        result
     } else {
-        run_batch(slf, ntodo, &mut batch)
-    };
-    record(slf, t_start, &poll, fired, ntodo, &mut batch)?;
-    result
-}
-
-/// Add one iteration to the telemetry: one borrow per iteration.
-fn record(
-    slf: &Bound<'_, LoopCore>,
-    t_start: f64,
-    poll: &PollInfo,
-    fired: u64,
-    ntodo: usize,
-    batch: &mut Batch,
-) -> PyResult<()> {
-    let py = slf.py();
-    let this = slf.get();
-    let timing = this.timing.load(Relaxed);
-    let t_end = if timing { this.now() } else { 0.0 };
-    this.stats.with(py, |s| {
-        let c = &mut s.counters;
-        c.iterations += 1;
-        c.callbacks += batch.ran;
-        c.cancelled_skipped += batch.cancelled;
-        c.timers_fired += fired;
-        c.io_events += poll.io_events;
-        match poll.kind {
-            PollKind::Blocking => c.polls_blocking += 1,
-            PollKind::NonBlocking => c.polls_nonblocking += 1,
-            PollKind::Skipped => {}
-        }
-        c.ready_max = c.ready_max.max(ntodo);
-        // t_start is 0 when timing was switched on during this iteration: skip its split.
-        if timing && t_start > 0.0 {
-            let t = &mut s.timing;
-            t.callbacks += batch.time;
-            t.idle += poll.idle;
-            t.overhead += (t_end - t_start - batch.time - poll.idle).max(0.0);
-        }
-    })?;
-    drop(std::mem::take(&mut batch.evicted));
-    Ok(())
-}
-
-/// What one ready batch did (for the telemetry).
-#[derive(Default)]
-struct Batch {
-    ran: u64,
-    cancelled: u64,
-    /// Seconds spent in callbacks (timed batches only).
-    time: f64,
-    /// Reprs pushed out of the slowest-callbacks list, dropped after the telemetry borrow.
-    evicted: Vec<Py<PyAny>>,
+        run_batch(slf, ntodo)
+    }
 }
 
 /// Run the callbacks that were ready when the batch started.
-fn run_batch(slf: &Bound<'_, LoopCore>, ntodo: usize, batch: &mut Batch) -> PyResult<()> {
+#[inline(always)]
+fn run_batch(slf: &Bound<'_, LoopCore>, ntodo: usize) -> PyResult<()> {
     let py = slf.py();
     let this = slf.get();
     let debug = this.debug();
+    let (mut ran, mut cancelled) = (0u64, 0u64);
+    let mut result = Ok(());
     for _ in 0..ntodo {
-        let Some(handle) = this.ready.with(py, |r| r.pop())? else {
-            break;
+        let handle = match this.ready.with(py, |r| r.pop()) {
+            Ok(Some(h)) => h.into_bound(py), // dropped as Bound: a direct decref
+            Ok(None) => break,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
         };
-        let handle = handle.into_bound(py); // dropped as Bound: a direct decref
         if handle.get().is_cancelled() {
-            batch.cancelled += 1;
+            cancelled += 1;
             Handle::recycle(handle);
             continue;
         }
-        batch.ran += 1;
+        ran += 1;
         let persistent = handle.get().persistent;
-        if debug {
-            let result = run_debug(slf, &handle);
-            if !persistent {
-                handle.get().release(py)?;
+        let step = if debug {
+            let r = run_debug(slf, &handle);
+            match persistent {
+                true => r,
+                false => handle.get().release(py).and(r),
             }
-            result?;
         } else {
-            let result = Handle::run(&handle, persistent);
+            let r = Handle::run(&handle, persistent);
             Handle::recycle(handle);
-            result?;
+            r
+        };
+        if step.is_err() {
+            result = step;
+            break;
         }
     }
-    Ok(())
+    this.counters.add_batch(ran, cancelled);
+    result
 }
 
 /// `run_batch` with timing: the clock is read around every callback, for the timer lag, the
-/// callback durations and the slowest callbacks.
-fn run_batch_timed(slf: &Bound<'_, LoopCore>, ntodo: usize, batch: &mut Batch) -> PyResult<()> {
+/// callback durations and the slowest callbacks; `time` gets the seconds spent in callbacks.
+fn run_batch_timed(slf: &Bound<'_, LoopCore>, ntodo: usize, time: &mut f64) -> PyResult<()> {
     let py = slf.py();
     let this = slf.get();
     let debug = this.debug();
+    let (mut ran, mut cancelled) = (0u64, 0u64);
+    let mut result = Ok(());
     for _ in 0..ntodo {
-        let Some(handle) = this.ready.with(py, |r| r.pop())? else {
-            break;
+        let handle = match this.ready.with(py, |r| r.pop()) {
+            Ok(Some(h)) => h.into_bound(py),
+            Ok(None) => break,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
         };
-        let handle = handle.into_bound(py);
         if handle.get().is_cancelled() {
-            batch.cancelled += 1;
+            cancelled += 1;
             Handle::recycle(handle);
             continue;
         }
-        batch.ran += 1;
+        ran += 1;
         let persistent = handle.get().persistent;
         let t0 = this.now();
         // The handle keeps its callback while it runs (as in debug mode), for the repr below.
-        let result = if debug {
+        let mut step = if debug {
             run_debug(slf, &handle)
         } else {
             Handle::run(&handle, true)
         };
         let dt = this.now() - t0;
-        batch.time += dt;
+        *time += dt;
         let h = handle.get();
         let lag = h.is_timer_().then_some(t0 - h.when);
         let keep = this.stats.with(py, |s| {
@@ -217,24 +190,34 @@ fn run_batch_timed(slf: &Bound<'_, LoopCore>, ntodo: usize, batch: &mut Batch) -
             }
             s.timing.durations.record(dt);
             s.slowest.would_keep(dt)
-        })?;
-        if keep {
-            // The repr is taken before the handle lets go of its callback.
-            let repr = handle.repr()?.into_any().unbind();
-            if let Some(old) = this.stats.with(py, |s| s.slowest.offer(dt, repr))? {
-                batch.evicted.push(old);
+        });
+        match keep {
+            Ok(true) => {
+                // The repr is taken before the handle lets go of its callback; what the list
+                // pushes out is dropped after the borrow.
+                let offered = handle.repr().and_then(|repr| {
+                    let repr = repr.into_any().unbind();
+                    this.stats.with(py, |s| s.slowest.offer(dt, repr))
+                });
+                step = step.and(offered.map(drop));
             }
+            Ok(false) => {}
+            Err(e) => step = step.and(Err(e)),
         }
         if debug {
             if !persistent {
-                h.release(py)?;
+                step = h.release(py).and(step);
             }
         } else {
             Handle::recycle(handle);
         }
-        result?;
+        if step.is_err() {
+            result = step;
+            break;
+        }
     }
-    Ok(())
+    this.counters.add_batch(ran, cancelled);
+    result
 }
 
 /// Debug mode: record the current handle for the exception handler and warn about callbacks
@@ -255,31 +238,15 @@ fn run_debug(slf: &Bound<'_, LoopCore>, handle: &Bound<'_, Handle>) -> PyResult<
     result.and(cleared)
 }
 
-#[derive(Clone, Copy, Default)]
-enum PollKind {
-    #[default]
-    Skipped,
-    NonBlocking,
-    Blocking,
-}
-
-/// What one poll did (for the telemetry).
-#[derive(Clone, Copy, Default)]
-struct PollInfo {
-    kind: PollKind,
-    io_events: u64,
-    /// Seconds blocked in the poller (timed iterations with a blocking poll only).
-    idle: f64,
-}
-
-/// Wait for I/O readiness or a wake-up, then dispatch what arrived.
-fn poll(slf: &Bound<'_, LoopCore>, mut wait: Wait, timing: bool) -> PyResult<PollInfo> {
+/// Wait for I/O readiness or a wake-up, then dispatch what arrived. Returns the seconds spent
+/// blocked in the poller (measured only when `timing`).
+fn poll(slf: &Bound<'_, LoopCore>, mut wait: Wait, timing: bool) -> PyResult<f64> {
     let py = slf.py();
     let this = slf.get();
     if wait == Wait::Poll && this.io.with(py, |r| r.is_empty())? {
         // Nothing but the waker is registered and we must not block: a zero-timeout
         // epoll_wait could report nothing useful, so skip the syscall.
-        return Ok(PollInfo::default());
+        return Ok(0.0);
     }
     if wait != Wait::Poll {
         this.waker.prepare_to_poll();
@@ -296,18 +263,10 @@ fn poll(slf: &Bound<'_, LoopCore>, mut wait: Wait, timing: bool) -> PyResult<Pol
     let blocking = timeout != 0;
     let t0 = if timing && blocking { this.now() } else { 0.0 };
     let result = py.detach(|| selector.select(&mut events, timeout, max_events));
-    let info = PollInfo {
-        kind: if blocking {
-            PollKind::Blocking
-        } else {
-            PollKind::NonBlocking
-        },
-        io_events: 0,
-        idle: if timing && blocking {
-            this.now() - t0
-        } else {
-            0.0
-        },
+    let idle = if timing && blocking {
+        this.now() - t0
+    } else {
+        0.0
     };
     let mut woken = false;
     let mut signalled = false;
@@ -333,16 +292,13 @@ fn poll(slf: &Bound<'_, LoopCore>, mut wait: Wait, timing: bool) -> PyResult<Pol
             s.drain();
         }
     }
-    let info = PollInfo {
-        io_events: io_events as u64,
-        ..info
-    };
+    this.counters.add_poll(blocking, io_events);
     match result {
         // Python's signal handlers (Ctrl-C, add_signal_handler callbacks) run here, in the
         // loop's thread, when a signal interrupted the wait or reached the wake-up pipe.
-        Ok(()) if signalled => py.check_signals().map(|()| info),
-        Ok(()) => Ok(info),
-        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => py.check_signals().map(|()| info),
+        Ok(()) if signalled => py.check_signals().map(|()| idle),
+        Ok(()) => Ok(idle),
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => py.check_signals().map(|()| idle),
         Err(e) => Err(errors::from_io(py, e)),
     }
 }

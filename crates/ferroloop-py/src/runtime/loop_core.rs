@@ -28,7 +28,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use super::handle::{self, Handle, TimerHandle};
 use super::iteration;
 use super::slots::Slots;
-use super::stats::Telemetry;
+use super::stats::{LiveCounters, Telemetry};
 use crate::errors;
 use crate::gil::GilCell;
 use crate::helpers;
@@ -62,7 +62,8 @@ pub struct LoopCore {
     task_factory: GilCell<Option<Py<PyAny>>>,
     /// `call_soon` and `time`, bound once per loop, read by `api::slots::SlotDescriptor`.
     slots: Slots,
-    /// Telemetry (`stats.rs`); `timing` says whether iterations are timed.
+    /// Telemetry (`stats.rs`): the counters, the opt-in timing, and whether it is on.
+    pub(super) counters: LiveCounters,
     pub(super) stats: GilCell<Telemetry>,
     pub(super) timing: AtomicBool,
 }
@@ -259,6 +260,7 @@ impl LoopCore {
             slow_callback_duration: AtomicU64::new(0.1f64.to_bits()),
             task_factory: GilCell::new(None),
             slots: Slots::new(),
+            counters: LiveCounters::default(),
             stats: GilCell::new(Telemetry::new()),
             timing: AtomicBool::new(false),
         })
@@ -439,10 +441,14 @@ impl LoopCore {
     ) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
         let d = pyo3::types::PyDict::new(py);
         let timing_on = self.timing.load(Relaxed);
+        let counters = self.counters.snapshot();
         let dropped = self.stats.with(py, |s| {
-            s.fill(&d, timing_on)?;
+            s.fill(&d, &counters, timing_on)?;
             Ok::<_, PyErr>(if reset { s.reset() } else { Vec::new() })
         })??;
+        if reset {
+            self.counters.reset();
+        }
         drop(dropped);
         let (ready_now, (timers, cancelled)) = (
             self.ready.with(py, |r| r.len())?,
