@@ -17,8 +17,13 @@ PYTHON = $(VENV)/bin/python
 RUST_SRC := $(shell find crates -name '*.rs' -o -name Cargo.toml) Cargo.toml Cargo.lock
 
 .PHONY: help
-help: ## show this list
-	@grep -hE '^[a-zA-Z0-9_%.-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort | awk -F'\t' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+help: ## show this list (with the values of V, VERSIONS and the interpreters in use)
+	@grep -hE '^[a-zA-Z0-9_%.-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' \
+	  | sed -e 's|\$$(V)|$(V)|g' -e 's|\$$(VERSIONS)|$(VERSIONS)|g' \
+	  | sort | awk -F'\t' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+	@echo
+	@echo "  V=$(V) (the version of venv, build, demo, check-stubs; VERSIONS=\"$(VERSIONS)\" for test)"
+	@$(foreach v,$(VERSIONS),echo "  Python $(v): $(or $(call py_of,$(v)),not found (pyenv or python$(v) on PATH))";)
 
 # --- environments -------------------------------------------------------------------------------
 .venv/%/.ready: requirements-dev.txt
@@ -42,11 +47,23 @@ build: .venv/$(V)/.built ## build the extension (release) into .venv/$(V)
 
 # --- the two commands of the README -------------------------------------------------------------
 .PHONY: demo
-demo: build ## set up from scratch and run the demo: examples on ferroloop + a short timing vs asyncio
-	$(PYTHON) examples/demo.py
+demo: ## set up from scratch and run the demo: examples on ferroloop + a short timing vs asyncio (and uvloop)
+	@echo "demo [1/4] virtualenv .venv/$(V) ($(call py_of,$(V))) with the build and test tools of requirements-dev.txt (first time only)"
+	@$(MAKE) --no-print-directory -s .venv/$(V)/.ready
+	@echo "demo [2/4] compiling ferroloop (Rust, release build) into .venv/$(V) (first time, and after a change: 1-4 min)"
+	@$(MAKE) --no-print-directory -s .venv/$(V)/.built
+	@echo "demo [3/4] uvloop, for the comparison (examples/requirements-demo.txt)"
+	@$(MAKE) --no-print-directory -s .venv/$(V)/.demo
+	@echo "demo [4/4] $(PYTHON) examples/demo.py"
+	@$(PYTHON) examples/demo.py
+
+.venv/%/.demo: .venv/%/.ready examples/requirements-demo.txt
+	.venv/$*/bin/python -m pip install -q --disable-pip-version-check -r examples/requirements-demo.txt
+	touch $@
+.PRECIOUS: .venv/%/.demo
 
 .PHONY: test
-test: services test-rust check-stubs $(addprefix test-py-,$(VERSIONS)) $(addprefix conformance-,$(VERSIONS)) test-soak ## everything: cargo tests, stub check, pytest and conformance on 3.11, 3.12, 3.13, 60 s of soak
+test: services test-rust check-stubs $(addprefix test-py-,$(VERSIONS)) $(addprefix conformance-,$(VERSIONS)) test-soak test-wheel ## everything: cargo tests, stub check, pytest and conformance on $(VERSIONS), 60 s of soak, the 3.11 wheel check
 	@echo "make test: all suites passed"
 
 # --- suites -------------------------------------------------------------------------------------
@@ -137,6 +154,36 @@ check-stubs: .venv/$(V)/.built ## check python/ferroloop/_ferroloop.pyi against 
 lint: ## rustfmt check and clippy
 	cargo fmt --all -- --check
 	cargo clippy --workspace -- -D warnings
+
+# --- release wheels -----------------------------------------------------------------------------
+# manylinux2014 (glibc >= 2.17, x86_64) wheels: maturin links with zig (the ziglang package, found
+# as `python -m ziglang` of the first python on PATH) against glibc 2.17's symbols.
+WHEEL_TOOLS = .venv/3.11/.wheel-tools
+WHEEL_BUILD = PATH=$(CURDIR)/.venv/3.11/bin:$$PATH CARGO_TARGET_DIR=$(CURDIR)/target/wheels \
+  .venv/3.11/bin/maturin build --release --strip --zig --compatibility manylinux2014
+$(WHEEL_TOOLS): .venv/3.11/.ready tools/requirements-wheels.txt
+	.venv/3.11/bin/python -m pip install -q --disable-pip-version-check -r tools/requirements-wheels.txt
+	touch $@
+
+.PHONY: wheels test-wheel
+wheels: $(WHEEL_TOOLS) ## release wheels for $(VERSIONS) (manylinux2014 x86_64) and an sdist in dist/, each installed in a clean venv and smoke-tested
+	rm -rf dist
+	@for py in $(foreach v,$(VERSIONS),$(call py_of,$(v))); do \
+	  echo "wheels: building for $$py"; \
+	  $(WHEEL_BUILD) -i $$py --out dist 2>&1 | tail -1; \
+	done
+	.venv/3.11/bin/maturin sdist --out dist 2>&1 | tail -1
+	@for py in $(foreach v,$(VERSIONS),$(call py_of,$(v))); do \
+	  tag=$$($$py -c 'import sys; print("cp%d%d" % sys.version_info[:2])'); \
+	  .venv/3.11/bin/python tools/check_wheel.py dist/ferroloop-*-$$tag-$$tag-*.whl --python $$py; \
+	done
+	.venv/3.11/bin/python tools/check_wheel.py dist/ferroloop-*.tar.gz --python $(PY311)
+	@ls -l dist
+
+test-wheel: $(WHEEL_TOOLS) ## build the 3.11 release wheel and check it: tags, symbols, clean-venv install, smoke tests
+	rm -rf target/wheel-check
+	$(WHEEL_BUILD) -i $(PY311) --out target/wheel-check 2>&1 | tail -1
+	.venv/3.11/bin/python tools/check_wheel.py target/wheel-check/ferroloop-*-cp311-cp311-*.whl --python $(PY311)
 
 .PHONY: clean
 clean: ## remove build products and virtualenvs

@@ -18,7 +18,7 @@ async def worker(name, period):
     print(f"{name}: started")
     try:
         while True:
-            await asyncio.sleep(period)   # most of the time the task is suspended here
+            await asyncio.sleep(period)   # suspended here when Ctrl-C comes (every period > 0.3 s)
     except asyncio.CancelledError:
         print(f"{name}: cancelled -> cleaning up")
         await asyncio.sleep(0.01)         # cleanup may await (close connections, flush, ...)
@@ -29,9 +29,10 @@ async def worker(name, period):
 async def main():
     loop = asyncio.get_running_loop()
     loop.call_later(0.3, os.kill, os.getpid(), signal.SIGINT)      # "press Ctrl-C" in 0.3 s
+    print("main: this program sends itself SIGINT (what Ctrl-C sends) in 0.3 s")
 
     tasks = [asyncio.create_task(worker(name, period), name=name)
-             for name, period in [("downloader", 0.07), ("parser", 0.11), ("writer", 0.13)]]
+             for name, period in [("downloader", 0.7), ("parser", 1.1), ("writer", 1.3)]]
     try:
         await asyncio.gather(*tasks)      # never returns on its own: the workers loop forever
     except asyncio.CancelledError:
@@ -40,6 +41,9 @@ async def main():
 
 
 if __name__ == "__main__":
+    # A program started with SIGINT ignored (a background job of a shell script, for example)
+    # keeps it ignored, and Ctrl-C would do nothing: make it raise KeyboardInterrupt again.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         asyncio.run(main())
     except KeyboardInterrupt:

@@ -26,15 +26,15 @@ def mask(text):
 def _env():
     env = dict(os.environ)
     for var in ('PYTHONASYNCIODEBUG', 'PYTHONDEVMODE', 'PYTHONWARNINGS', 'PYTHONSTARTUP',
-                'PYTHONINSPECT', 'PYTHONSAFEPATH'):
+                'PYTHONINSPECT', 'PYTHONSAFEPATH', 'UVICORN_LOOP'):
         env.pop(var, None)
     env['PYTHONIOENCODING'] = 'utf-8'
     return env
 
 
-def run_cmd(args, *, cwd=None, timeout=30, **kw):
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=_env(),
-                          cwd=cwd, timeout=timeout, **kw)
+def run_cmd(args, *, cwd=None, timeout=30, env=None, **kw):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                          env=_env() if env is None else env, cwd=cwd, timeout=timeout, **kw)
 
 
 def cli(*args, **kw):
@@ -92,8 +92,9 @@ def test_usage_errors():
     assert r.returncode == 2 and 'usage: ferroloop' in r.stderr and r.stdout == ''
     r = cli('frobnicate')
     assert r.returncode == 2 and 'invalid choice' in r.stderr
-    r = cli('run')                        # neither SCRIPT nor -m: prints the run help
-    assert r.returncode == 0 and 'SCRIPT' in r.stdout
+    r = cli('run')                        # neither SCRIPT nor -m: argparse's usage error
+    assert r.returncode == 2 and r.stdout == ''
+    assert r.stderr.startswith('usage: ferroloop run ') and 'SCRIPT or -m MODULE' in r.stderr
 
 
 def test_console_script():
@@ -204,6 +205,84 @@ def test_policy_is_ferroloops(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[1] == 'EventLoopPolicy'
     assert r.stdout.startswith('ferroloop')
+
+
+# -- programs that choose their loop class themselves ----------------------------------------------
+
+def test_selector_event_loop_built_by_the_program_warns(tmp_path):
+    # Under `run` the program still gets the asyncio loop it builds itself, but never silently.
+    script = write(tmp_path, """\
+        import asyncio
+        class MyLoop(asyncio.SelectorEventLoop):
+            pass
+        for cls in (asyncio.SelectorEventLoop, MyLoop):
+            loop = cls()
+            print(type(loop).__name__, isinstance(loop, asyncio.SelectorEventLoop))
+            loop.close()
+        print(type(asyncio.new_event_loop()).__name__)
+        """)
+    plain, ferro = run_both(script)
+    assert plain.returncode == ferro.returncode == 0, ferro.stderr
+    assert plain.stderr == ''
+    assert ferro.stdout == plain.stdout.replace('_UnixSelectorEventLoop\n', 'Loop\n')
+    assert ferro.stdout.endswith('\nLoop\n')
+    warnings = [line for line in ferro.stderr.splitlines() if 'RuntimeWarning' in line]
+    assert len(warnings) == 2, ferro.stderr
+    assert warnings[0].startswith(f'{script}:5: RuntimeWarning: ferroloop run: '
+                                  'asyncio.SelectorEventLoop() creates asyncio')
+    assert 'not on ferroloop' in warnings[0]
+    assert 'SelectorEventLoop subclass MyLoop' in ferro.stderr
+
+
+UVICORN_PROBE = """\
+    # stands in for uvicorn: prints the arguments `ferroloop run` gave it
+    import sys
+    print(sys.argv[1:])
+    """
+
+
+@pytest.mark.parametrize('given, expected', [
+    ([], ['--loop', 'ferroloop:new_event_loop', 'app:app']),
+    (['--loop', 'none'], ['app:app', '--loop', 'none']),
+    (['--loop=ferroloop:new_event_loop'], ['app:app', '--loop=ferroloop:new_event_loop']),
+    (['--loop', 'ferroloop:new_event_loop', '--port', '1'],
+     ['app:app', '--loop', 'ferroloop:new_event_loop', '--port', '1']),
+])
+def test_run_uvicorn_gets_ferroloop(tmp_path, given, expected):
+    # The arguments `ferroloop run -m uvicorn` passes on (the real server: test_use_with.py).
+    write(tmp_path, UVICORN_PROBE, name='probe/uvicorn/__main__.py')
+    write(tmp_path, '', name='probe/uvicorn/__init__.py')
+    r = cli('run', '-m', 'uvicorn', 'app:app', *given, cwd=tmp_path / 'probe')
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f'{expected}\n'
+    script = write(tmp_path, UVICORN_PROBE, name='bin/uvicorn')     # the console script
+    r = cli('run', str(script), 'app:app', *given)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f'{expected}\n'
+
+
+@pytest.mark.parametrize('given, env, named', [
+    (['--loop', 'auto'], {}, '--loop auto would serve on uvloop or asyncio'),
+    (['--loop=asyncio'], {}, '--loop asyncio would serve on asyncio'),
+    (['--loop', 'uvloop'], {'UVICORN_LOOP': 'none'}, '--loop uvloop would serve on uvloop'),
+    ([], {'UVICORN_LOOP': 'asyncio'}, 'UVICORN_LOOP asyncio would serve on asyncio'),
+])
+def test_run_uvicorn_with_another_loop_stops(tmp_path, given, env, named):
+    write(tmp_path, UVICORN_PROBE, name='uvicorn/__main__.py')
+    write(tmp_path, '', name='uvicorn/__init__.py')
+    r = run_cmd(['-m', 'ferroloop', 'run', '-m', 'uvicorn', 'app:app', *given], cwd=tmp_path,
+                env=dict(_env(), **env))
+    assert r.returncode == 2 and r.stdout == ''
+    assert r.stderr.startswith(f'ferroloop run: uvicorn {named}, not on ferroloop'), r.stderr
+    assert 'give --loop ferroloop:new_event_loop' in r.stderr
+
+
+def test_run_uvicorn_env_none_is_kept(tmp_path):
+    write(tmp_path, UVICORN_PROBE, name='uvicorn/__main__.py')
+    write(tmp_path, '', name='uvicorn/__init__.py')
+    r = run_cmd(['-m', 'ferroloop', 'run', '-m', 'uvicorn', 'app:app'], cwd=tmp_path,
+                env=dict(_env(), UVICORN_LOOP='none'))
+    assert r.returncode == 0 and r.stdout == "['app:app']\n", r.stderr
 
 
 # -- what the program sees: argv, path, __main__ --------------------------------------------------

@@ -273,3 +273,32 @@ def test_prometheus_example_serves_metrics():
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.mark.timeout(60)
+def test_cli_run_stats_prints_a_table_per_loop(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    prog = tmp_path / 'prog.py'
+    prog.write_text(
+        'import asyncio, time\n'
+        'async def main():\n'
+        '    asyncio.get_running_loop().call_soon(time.sleep, 0.05)\n'
+        '    await asyncio.sleep(0.1)\n'
+        'asyncio.run(main())\n'
+        'loop = asyncio.new_event_loop()\n'       # a second loop, never closed
+        'loop.run_until_complete(asyncio.sleep(0))\n'
+        'print("done")\n')
+    r = subprocess.run([sys.executable, '-m', 'ferroloop', 'run', '--stats', str(prog)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=50,
+                       env={k: v for k, v in os.environ.items() if k != 'PYTHONASYNCIODEBUG'})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == 'done\n'
+    assert 'ferroloop run --stats: loop 1 of 2' in r.stderr
+    assert 'ferroloop run --stats: loop 2 of 2' in r.stderr
+    first = r.stderr.split('loop 2 of 2')[0]
+    assert 'time in callbacks' in first and 'sleep(0.05)' in first   # the slowest callback

@@ -3,6 +3,7 @@
     python -m ferroloop --version
     python -m ferroloop run SCRIPT [ARGS...]        # like `python SCRIPT ARGS...`, on ferroloop
     python -m ferroloop run -m MODULE [ARGS...]     # like `python -m MODULE ARGS...`, on ferroloop
+    python -m ferroloop run --stats SCRIPT [ARGS...] # and print each loop's telemetry at exit
 
 ``run`` installs ``ferroloop.EventLoopPolicy()`` as asyncio's event loop policy and then runs the
 program as ``__main__`` the way the interpreter itself would, so an unmodified asyncio program runs
@@ -24,6 +25,17 @@ What the program sees is what ``python SCRIPT`` would give it:
   shuts down normally and then kills itself with SIGINT (status -2 for ``subprocess``, 130 in a
   shell). This is not imitated: the exception is handed back to the interpreter's own top level
   (with the traceback printing already done), which does it.
+
+Programs that choose their loop class themselves are not changed by the policy:
+
+* uvicorn (``run -m uvicorn ...`` or ``run path/to/bin/uvicorn ...``) builds its loop itself:
+  ``--loop auto``, its default, means uvloop if installed, else ``asyncio.SelectorEventLoop``. So
+  ``run`` passes ``--loop ferroloop:new_event_loop`` when the command line (and ``UVICORN_LOOP``)
+  names no loop; ``--loop none`` (uvicorn then asks the policy) and ``--loop ferroloop:...`` are
+  kept; any other ``--loop`` stops with a message and status 2 rather than serve on another loop.
+* A program that creates ``asyncio.SelectorEventLoop()`` (``asyncio.EventLoop()`` on 3.13, or a
+  subclass) itself gets that loop, asyncio's; ``run`` then emits a ``RuntimeWarning`` naming the
+  line, so that it never runs on asyncio without saying so.
 
 One difference remains, because the program runs inside this command's functions: stacks that
 are *recorded* rather than raised, and deep enough to reach the bottom of the stack, include the
@@ -75,15 +87,22 @@ def _make_parser():
             "would, with ferroloop.EventLoopPolicy() installed as asyncio's event loop policy, "
             "so that asyncio.run(), asyncio.Runner, get_event_loop()/new_event_loop() (in any "
             "thread) all use ferroloop loops. Output and exit status are those of plain python. "
-            "Everything after SCRIPT (or MODULE) is passed to the program untouched."
+            "Everything after SCRIPT (or MODULE) is passed to the program untouched, except "
+            "for uvicorn, which builds its loop itself: it gets --loop ferroloop:new_event_loop "
+            "when it names no loop, and another --loop stops with a message. A program that "
+            "creates asyncio.SelectorEventLoop() itself gets a RuntimeWarning."
         ),
     )
+    run.add_argument('--stats', action='store_true',
+                     help="time every ferroloop loop the program creates and print each loop's "
+                          "telemetry (ferroloop.stats) to stderr at exit")
     run.add_argument('-m', dest='module', metavar='MODULE',
                      help='run library module MODULE as a script, like python -m')
     run.add_argument('script', nargs='?', metavar='SCRIPT',
                      help="path of the script (or of a directory / zip file with __main__.py, "
                           "or '-' for standard input)")
     run.add_argument('args', nargs='*', metavar='ARGS', help='arguments for the program')
+    parser._run_parser = run
     return parser
 
 
@@ -118,6 +137,71 @@ def _install_policy():
     import asyncio
     import ferroloop
     asyncio.set_event_loop_policy(ferroloop.EventLoopPolicy())
+    _warn_on_asyncio_loops()
+
+
+_ASYNCIO_LOOP_WARNING = (
+    "ferroloop run: {name}() creates asyncio's own event loop, so the code using it runs on "
+    "asyncio, not on ferroloop; asyncio.run(), asyncio.Runner() and asyncio.new_event_loop() "
+    "give ferroloop loops under 'ferroloop run', or pass ferroloop.new_event_loop as the loop "
+    "factory")
+
+
+def _warn_on_asyncio_loops():
+    """Make ``asyncio.SelectorEventLoop()`` (= ``asyncio.EventLoop()`` on 3.13) say that it is not
+    ferroloop: under the policy nothing in asyncio creates one, only the program itself does."""
+    import asyncio
+    import functools
+    import warnings
+    cls = asyncio.SelectorEventLoop
+    original = cls.__init__
+
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs):
+        name = 'asyncio.' + ('SelectorEventLoop' if type(self) is cls else
+                             f'SelectorEventLoop subclass {type(self).__qualname__}')
+        warnings.warn(_ASYNCIO_LOOP_WARNING.format(name=name), RuntimeWarning, stacklevel=2)
+        original(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+
+
+# uvicorn's --loop values that serve on ferroloop: 'none' lets asyncio.run() ask the policy.
+def _uvicorn_loop_ok(value):
+    return value == 'none' or value.startswith(('ferroloop:', 'ferroloop.'))
+
+
+def _uvicorn_args(args):
+    """The arguments to run uvicorn with so that it serves on ferroloop, or exit 2 saying why not."""
+    value = os.environ.get('UVICORN_LOOP')
+    source = 'UVICORN_LOOP'
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == '--':
+            break
+        if arg == '--loop' and i + 1 < len(args):
+            value, source = args[i + 1], '--loop'
+            i += 1
+        elif arg.startswith('--loop='):
+            value, source = arg[len('--loop='):], '--loop'
+        i += 1
+    if value is None:
+        return ['--loop', 'ferroloop:new_event_loop', *args]
+    if _uvicorn_loop_ok(value):
+        return list(args)
+    print(f"{_PROG} run: uvicorn {source} {value} would serve on "
+          f"{'uvloop or asyncio' if value == 'auto' else value}, not on ferroloop (uvicorn "
+          f"builds its loop itself). Leave the loop option out ('{_PROG} run' then passes "
+          f"--loop ferroloop:new_event_loop), or give --loop ferroloop:new_event_loop.",
+          file=sys.stderr)
+    sys.exit(2)
+
+
+def _is_uvicorn(module=None, script=None):
+    if module is not None:
+        return module in ('uvicorn', 'uvicorn.__main__')
+    return script is not None and os.path.basename(script) == 'uvicorn'
 
 
 def _fresh_main_module():
@@ -210,13 +294,18 @@ def _cannot_open(script, exc):
     return 2
 
 
-def run(script=None, module=None, args=()):
+def run(script=None, module=None, args=(), stats=False):
     """Run a program like python would, on ferroloop. Returns only if it ends normally."""
     if module is None and script != '-' and not os.path.isdir(script):
         try:                      # missing or unreadable: python's message and status 2
             open(script, 'rb').close()
         except OSError as exc:
             return _cannot_open(script, exc)
+    if _is_uvicorn(module, script):
+        args = _uvicorn_args(list(args))
+    if stats:
+        from ferroloop import _stats
+        _stats.track_all_loops()
     _install_policy()
     try:
         if module is not None:
@@ -263,10 +352,11 @@ def main(argv=None):
         if ns.module is not None:
             if ns.script is not None:
                 program_args = [ns.script, *ns.args, *program_args]
-            return run(module=ns.module, args=program_args)
+            return run(module=ns.module, args=program_args, stats=ns.stats)
         if ns.script is None:
-            parser.parse_args(['run', '--help'])
-        return run(script=ns.script, args=[*ns.args, *program_args])
+            # argparse's convention: usage and the error on stderr, exit status 2
+            parser._run_parser.error('a program to run is required: SCRIPT or -m MODULE')
+        return run(script=ns.script, args=[*ns.args, *program_args], stats=ns.stats)
     parser.error(f'unknown command {ns.command!r}')
 
 

@@ -28,6 +28,7 @@ from asyncio import unix_events as _unix_events
 from asyncio.futures import isfuture as _isfuture
 
 from . import _ferroloop
+from . import _stats
 from . import _datagram
 from . import _pipes
 from . import _subprocess
@@ -81,6 +82,8 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
         # subclass override still wins, and its super() call finds the slot. call_soon is bound
         # to its direct METH_FASTCALL entry point (same behaviour, less argument parsing).
         self._bind_slots()
+        if _stats._tracked is not None:   # `ferroloop run --stats`
+            _stats._on_new_loop(self)
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -128,6 +131,8 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
         if self._debug:
             _be.logger.debug("Close %r", self)
         self._closed = True
+        if _stats._tracked is not None:
+            _stats._on_close(self)
         self._close_core()  # Rust: clear ready queue, timers, readers and writers
         self._selector = None  # as BaseSelectorEventLoop.close: transports' reprs then say 'open'
         self._executor_shutdown_called = True

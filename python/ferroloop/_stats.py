@@ -6,6 +6,8 @@ callback, so it is switched on per loop with ``enable_timing``.
 """
 
 import asyncio
+import sys
+import weakref
 
 __all__ = ('stats', 'enable_timing', 'format_stats', 'prometheus_text')
 
@@ -137,3 +139,44 @@ def prometheus_text(s, *, prefix='ferroloop_', labels=None):
 
 def _escape(text):
     return text.replace('\\', '\\\\').replace('"', '\\"').replace('\n', '\\n')
+
+
+# -- `ferroloop run --stats` ------------------------------------------------------------------------
+# While tracking, every new Loop has timing on; its figures are kept when it closes (a loop may be
+# collected before the program ends) and printed with those of the loops still open at exit.
+_tracked = None   # {id: (weakref, number)} while tracking
+_finished = []    # (number, stats dict) of the tracked loops that closed
+
+
+def track_all_loops():
+    """Time every loop created from now on and print their telemetry to stderr at exit."""
+    global _tracked
+    if _tracked is not None:
+        return
+    import atexit
+    _tracked = {}
+    atexit.register(_print_summary)
+
+
+def _on_new_loop(loop):
+    loop._stats_timing = True
+    _tracked[id(loop)] = (weakref.ref(loop), len(_tracked) + len(_finished) + 1)
+
+
+def _on_close(loop):
+    entry = _tracked.pop(id(loop), None)
+    if entry is not None:
+        _finished.append((entry[1], loop._stats()))
+
+
+def _print_summary(file=None):
+    file = file or sys.stderr
+    rows = list(_finished)
+    for ref, number in _tracked.values():
+        loop = ref()
+        if loop is not None:
+            rows.append((number, loop._stats()))
+    rows.sort(key=lambda r: r[0])
+    for number, s in rows:
+        print(f'\nferroloop run --stats: loop {number} of {len(rows)}', file=file)
+        print(format_stats(s), file=file)
