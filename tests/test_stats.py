@@ -301,4 +301,5 @@ def test_cli_run_stats_prints_a_table_per_loop(tmp_path):
     assert 'ferroloop run --stats: loop 1 of 2' in r.stderr
     assert 'ferroloop run --stats: loop 2 of 2' in r.stderr
     first = r.stderr.split('loop 2 of 2')[0]
-    assert 'time in callbacks' in first and 'sleep(0.05)' in first   # the slowest callback
+    # the slowest callback (3.13 shows arguments in handle reprs only in debug mode)
+    assert 'time in callbacks' in first and '<Handle sleep(' in first
