@@ -68,9 +68,13 @@ def _mark_floor(value):
     return min(max(v, 0), 2 ** 64 - 1)
 
 
-class _SelectorSocketTransport(_transports.Transport):
+class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transport):
 
     __slots__ = ('_core', '_sock', '_server', '_waiter', '_extra_ready', 'write', '__weakref__')
+
+    # _FlowControlMixin (as asyncio's transport: base_events' sendfile fallback checks for it) has
+    # slots for _loop, _protocol_paused, _high_water and _low_water; the properties below replace
+    # them (the core keeps that state) and its __init__ is not called.
 
     max_size = 256 * 1024  # Buffer size passed to recv().
 
