@@ -70,7 +70,10 @@ def _mark_floor(value):
 
 class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transport):
 
-    __slots__ = ('_core', '_sock', '_server', '_waiter', '_extra_ready', 'write', '__weakref__')
+    # _peer: the peer address an accepting server passes as extra={'peername': addr}, kept
+    # without that dict until get_extra_info needs one.
+    __slots__ = ('_core', '_sock', '_server', '_waiter', '_extra_ready', '_peer', 'write',
+                 '__weakref__')
 
     # _FlowControlMixin (as asyncio's transport: base_events' sendfile fallback checks for it) has
     # slots for _loop, _protocol_paused, _high_water and _low_water; the properties below replace
@@ -82,6 +85,11 @@ class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transp
     _sendfile_compatible = _constants._SendfileMode.TRY_NATIVE
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+        if type(extra) is dict and len(extra) == 1 and 'peername' in extra:
+            self._peer = extra['peername']
+            extra = None
+        else:
+            self._peer = None
         self._extra = extra
         self._extra_ready = False
         self._sock = sock
@@ -184,6 +192,9 @@ class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transp
         extra = self._extra
         if extra is None:
             extra = self._extra = {}
+        if self._peer is not None:
+            extra['peername'] = self._peer
+            self._peer = None
         sock = self._sock
         extra['socket'] = _trsock.TransportSocket(sock)
         try:

@@ -84,11 +84,54 @@ struct State {
     paused: bool,
     /// `_empty_waiter is not None`: a sendfile is in progress.
     sendfile: bool,
-    queue: WriteQueue<Chunk>,
-    flow: FlowControl,
-    /// The marks as the user gave them (any real numbers), for `get_write_buffer_limits`;
-    /// `None`: the integers in `flow.limits`.
-    marks: Option<(Py<PyAny>, Py<PyAny>)>,
+    /// The write buffer, allocated when something is buffered and freed when it drains (an
+    /// idle connection keeps one pointer).
+    queue: Option<Box<WriteQueue<Chunk>>>,
+    /// `_protocol_paused`.
+    protocol_paused: bool,
+    /// Marks set by `set_write_buffer_limits`; `None`: asyncio's defaults.
+    marks: Option<Box<Marks>>,
+}
+
+/// Write-buffer limits set by the user.
+struct Marks {
+    /// The floors compared with the buffer size.
+    limits: Limits,
+    /// `high` and `low` as given (any real numbers), for `get_write_buffer_limits`.
+    high: Py<PyAny>,
+    low: Py<PyAny>,
+}
+
+impl State {
+    fn size(&self) -> usize {
+        self.queue.as_ref().map_or(0, |q| q.size())
+    }
+
+    fn queue(&mut self) -> &mut WriteQueue<Chunk> {
+        self.queue.get_or_insert_with(Default::default)
+    }
+
+    /// Free the buffer if it is empty.
+    fn trim(&mut self) {
+        if self.queue.as_ref().is_some_and(|q| q.is_empty()) {
+            self.queue = None;
+        }
+    }
+
+    fn flow(&self) -> FlowControl {
+        FlowControl {
+            limits: self.marks.as_ref().map_or_else(Limits::default, |m| m.limits),
+            paused: self.protocol_paused,
+        }
+    }
+
+    /// `f` on the flow-control state; the paused flag is written back.
+    fn with_flow<R>(&mut self, f: impl FnOnce(&mut FlowControl, usize) -> R) -> R {
+        let mut flow = self.flow();
+        let r = f(&mut flow, self.size());
+        self.protocol_paused = flow.paused;
+        r
+    }
 }
 
 /// The per-message half of a socket stream transport (see the module docs).
@@ -200,8 +243,7 @@ impl StreamCore {
     /// `_maybe_pause_protocol` after the buffer grew.
     fn maybe_pause(&self, py: Python<'_>, tr: &Bound<'_, PyAny>) -> PyResult<()> {
         if self.state(py, |s| {
-            let size = s.queue.size();
-            s.flow.should_pause(size)
+            s.with_flow(|f, size| f.should_pause(size))
         })? {
             tr.call_method1(intern!(py, "_call_flow"), (intern!(py, "pause_writing"),))?;
         }
@@ -211,8 +253,7 @@ impl StreamCore {
     /// `_maybe_resume_protocol` after the buffer shrank.
     fn maybe_resume(&self, py: Python<'_>, tr: &Bound<'_, PyAny>) -> PyResult<()> {
         if self.state(py, |s| {
-            let size = s.queue.size();
-            s.flow.should_resume(size)
+            s.with_flow(|f, size| f.should_resume(size))
         })? {
             tr.call_method1(intern!(py, "_call_flow"), (intern!(py, "resume_writing"),))?;
         }
@@ -250,7 +291,10 @@ impl StreamCore {
     /// transport's `_write_failed`). Returns whether it ended in an error.
     fn send_buffer(&self, py: Python<'_>, tr: &Bound<'_, PyAny>) -> PyResult<bool> {
         let mut done = Vec::new();
-        let res = self.state(py, |s| s.queue.write_to(self.fd, &mut done))?;
+        let res = self.state(py, |s| match s.queue.as_mut() {
+            Some(q) => q.write_to(self.fd, &mut done),
+            None => Ok(0),
+        })?;
         drop(done); // after the borrow: freeing a bytes object runs no Python, but keep it simple
         match res {
             Ok(_) => Ok(false),
@@ -284,8 +328,8 @@ impl StreamCore {
                 eof: false,
                 paused: false,
                 sendfile: false,
-                queue: WriteQueue::new(),
-                flow: FlowControl::default(),
+                queue: None,
+                protocol_paused: false,
                 marks: None,
             }),
         }
@@ -363,12 +407,12 @@ impl StreamCore {
     /// `_protocol_paused`.
     #[getter]
     fn get_protocol_paused(&self, py: Python<'_>) -> PyResult<bool> {
-        self.state(py, |s| s.flow.paused)
+        self.state(py, |s| s.protocol_paused)
     }
 
     #[setter]
     fn set_protocol_paused(&self, py: Python<'_>, value: bool) -> PyResult<()> {
-        self.state(py, |s| s.flow.paused = value)
+        self.state(py, |s| s.protocol_paused = value)
     }
 
     #[getter]
@@ -400,7 +444,7 @@ impl StreamCore {
 
     /// `get_write_buffer_size()`.
     fn get_write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
-        self.state(py, |s| s.queue.size())
+        self.state(py, |s| s.size())
     }
 
     /// Drop the buffer (asyncio's `self._buffer.clear()`).
@@ -421,8 +465,11 @@ impl StreamCore {
         low_floor: u64,
     ) -> PyResult<()> {
         let old = self.state(py, |s| {
-            s.flow.limits = Limits { high: high_floor, low: low_floor };
-            s.marks.replace((high, low))
+            s.marks.replace(Box::new(Marks {
+                limits: Limits { high: high_floor, low: low_floor },
+                high,
+                low,
+            }))
         })?;
         drop(old);
         Ok(())
@@ -431,7 +478,10 @@ impl StreamCore {
     /// `(low, high)` as given to `set_limits` (or the defaults).
     fn get_limits(&self, py: Python<'_>) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
         let (marks, limits) = self.state(py, |s| {
-            (s.marks.as_ref().map(|(h, l)| (h.clone_ref(py), l.clone_ref(py))), s.flow.limits)
+            (
+                s.marks.as_ref().map(|m| (m.high.clone_ref(py), m.low.clone_ref(py))),
+                s.flow().limits,
+            )
         })?;
         Ok(match marks {
             Some((h, l)) => (l, h),
@@ -477,7 +527,7 @@ impl StreamCore {
         let Some(tr) = this.transport(py)? else {
             return Ok(());
         };
-        let (lost, empty) = this.state(py, |s| (s.conn_lost, s.queue.is_empty()))?;
+        let (lost, empty) = this.state(py, |s| (s.conn_lost, s.size() == 0))?;
         if lost > 0 {
             tr.call_method0(intern!(py, "_write_after_lost"))?;
             return Ok(());
@@ -518,13 +568,13 @@ impl StreamCore {
             // Not all was written; register the writer.
             let loop_ = tr.getattr(intern!(py, "_loop"))?;
             Self::add_writer(slf, &loop_)?;
-            this.state(py, |s| s.queue.push_rest(chunk, n))?;
+            this.state(py, |s| s.queue().push_rest(chunk, n))?;
         } else {
             let chunk = match Self::chunk(data) {
                 Some(c) => c,
                 None => Self::contiguous(py, data)?,
             };
-            this.state(py, |s| s.queue.push(chunk))?;
+            this.state(py, |s| s.queue().push(chunk))?;
         }
         this.maybe_pause(py, &tr)
     }
@@ -556,11 +606,11 @@ impl StreamCore {
         }
         this.state(py, |s| {
             for c in chunks {
-                s.queue.push(c);
+                s.queue().push(c);
             }
         })?;
         Self::_write_ready(slf)?;
-        if this.state(py, |s| !s.queue.is_empty())? {
+        if this.state(py, |s| s.size() > 0)? {
             if let Some(loop_) = this.state(py, |s| s.loop_.as_ref().map(|l| l.clone_ref(py)))? {
                 Self::add_writer(slf, loop_.bind(py))?;
             }
@@ -582,7 +632,10 @@ impl StreamCore {
             return Ok(());
         }
         this.maybe_resume(py, &tr)?; // may append to the buffer
-        if this.state(py, |s| s.queue.is_empty())? {
+        if this.state(py, |s| {
+            s.trim();
+            s.size() == 0
+        })? {
             tr.call_method0(intern!(py, "_write_drained"))?;
         }
         Ok(())
@@ -593,9 +646,9 @@ impl StreamCore {
             for o in [&s.transport, &s.loop_, &s.protocol].into_iter().flatten() {
                 visit.call(o)?;
             }
-            if let Some((h, l)) = &s.marks {
-                visit.call(h)?;
-                visit.call(l)?;
+            if let Some(m) = &s.marks {
+                visit.call(&m.high)?;
+                visit.call(&m.low)?;
             }
         }
         Ok(())
