@@ -40,6 +40,9 @@ from . import _ferroloop
 __all__ = ('make_socket_transport', 'make_ssl_transport')
 
 _PY312 = sys.version_info >= (3, 12)
+# Server._attach(transport)/_detach(transport) (3.13; 3.11 and 3.12.1 take no argument), and the
+# unclosed transport's __del__ detaching from its server came with it.
+_SERVER_TRACKS = _base_events.Server._attach.__code__.co_argcount == 2
 _test_selector_event = _selector_events._test_selector_event
 _StreamCore = _ferroloop.StreamCore
 _BufferedProtocol = _protocols.BufferedProtocol
@@ -99,7 +102,7 @@ class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transp
         self.set_protocol(protocol)
         self._server = server
         if server is not None:
-            if _PY312:
+            if _SERVER_TRACKS:
                 server._attach(self)
             else:
                 server._attach()
@@ -243,7 +246,7 @@ class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transp
         if getattr(self, '_sock', None) is not None:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             self._sock.close()
-            if _PY312 and self._server is not None:
+            if _SERVER_TRACKS and self._server is not None:
                 self._server._detach(self)
 
     # -- ReadTransport ---------------------------------------------------------------------------
@@ -433,7 +436,7 @@ class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transp
             core.loop = None
             server = self._server
             if server is not None:
-                if _PY312:
+                if _SERVER_TRACKS:
                     server._detach(self)
                 else:
                     server._detach()
