@@ -31,9 +31,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 use pyo3::PyTraverseError;
 
-use crate::gil::GilCell;
 use super::sockio::{self, Io};
 use crate::errors;
+use crate::gil::GilCell;
 
 const READ_FAILED: &str = "Fatal read error on socket transport";
 const WRITE_FAILED: &str = "Fatal write error on socket transport";
@@ -120,7 +120,10 @@ impl State {
 
     fn flow(&self) -> FlowControl {
         FlowControl {
-            limits: self.marks.as_ref().map_or_else(Limits::default, |m| m.limits),
+            limits: self
+                .marks
+                .as_ref()
+                .map_or_else(Limits::default, |m| m.limits),
             paused: self.protocol_paused,
         }
     }
@@ -148,7 +151,9 @@ impl StreamCore {
     }
 
     fn transport<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        self.state(py, |s| s.transport.as_ref().map(|t| t.clone_ref(py).into_bound(py)))
+        self.state(py, |s| {
+            s.transport.as_ref().map(|t| t.clone_ref(py).into_bound(py))
+        })
     }
 
     /// `transport._fatal_error(err, message)`, unless `err` must propagate.
@@ -188,7 +193,9 @@ impl StreamCore {
         let buf = match protocol
             .call_method1(intern!(py, "get_buffer"), (-1,))
             .and_then(|buf| match buf.len()? {
-                0 => Err(PyRuntimeError::new_err("get_buffer() returned an empty buffer")),
+                0 => Err(PyRuntimeError::new_err(
+                    "get_buffer() returned an empty buffer",
+                )),
                 _ => Ok(buf),
             }) {
             Ok(buf) => buf,
@@ -228,7 +235,10 @@ impl StreamCore {
 
     /// `bytes(data)` for a bytes-like object that exports no contiguous buffer.
     fn contiguous(py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<Chunk> {
-        let b = py.get_type::<PyBytes>().call1((data,))?.cast_into::<PyBytes>()?;
+        let b = py
+            .get_type::<PyBytes>()
+            .call1((data,))?
+            .cast_into::<PyBytes>()?;
         Ok(Chunk::Bytes(b.unbind()))
     }
 
@@ -242,9 +252,7 @@ impl StreamCore {
 
     /// `_maybe_pause_protocol` after the buffer grew.
     fn maybe_pause(&self, py: Python<'_>, tr: &Bound<'_, PyAny>) -> PyResult<()> {
-        if self.state(py, |s| {
-            s.with_flow(|f, size| f.should_pause(size))
-        })? {
+        if self.state(py, |s| s.with_flow(|f, size| f.should_pause(size)))? {
             tr.call_method1(intern!(py, "_call_flow"), (intern!(py, "pause_writing"),))?;
         }
         Ok(())
@@ -252,9 +260,7 @@ impl StreamCore {
 
     /// `_maybe_resume_protocol` after the buffer shrank.
     fn maybe_resume(&self, py: Python<'_>, tr: &Bound<'_, PyAny>) -> PyResult<()> {
-        if self.state(py, |s| {
-            s.with_flow(|f, size| f.should_resume(size))
-        })? {
+        if self.state(py, |s| s.with_flow(|f, size| f.should_resume(size)))? {
             tr.call_method1(intern!(py, "_call_flow"), (intern!(py, "resume_writing"),))?;
         }
         Ok(())
@@ -298,7 +304,9 @@ impl StreamCore {
         drop(done); // after the borrow: freeing a bytes object runs no Python, but keep it simple
         match res {
             Ok(_) => Ok(false),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) => Ok(false),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) => {
+                Ok(false)
+            }
             Err(e) => {
                 let err = errors::from_io(py, e);
                 tr.call_method1(intern!(py, "_write_failed"), (err.into_value(py),))?;
@@ -421,7 +429,12 @@ impl StreamCore {
     }
 
     /// Set the protocol (`None` after `connection_lost`) and whether it is a BufferedProtocol.
-    fn set_protocol(&self, py: Python<'_>, protocol: Option<Py<PyAny>>, buffered: bool) -> PyResult<()> {
+    fn set_protocol(
+        &self,
+        py: Python<'_>,
+        protocol: Option<Py<PyAny>>,
+        buffered: bool,
+    ) -> PyResult<()> {
         let old = self.state(py, |s| {
             s.buffered = buffered;
             std::mem::replace(&mut s.protocol, protocol)
@@ -466,7 +479,10 @@ impl StreamCore {
     ) -> PyResult<()> {
         let old = self.state(py, |s| {
             s.marks.replace(Box::new(Marks {
-                limits: Limits { high: high_floor, low: low_floor },
+                limits: Limits {
+                    high: high_floor,
+                    low: low_floor,
+                },
                 high,
                 low,
             }))
@@ -479,7 +495,9 @@ impl StreamCore {
     fn get_limits(&self, py: Python<'_>) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
         let (marks, limits) = self.state(py, |s| {
             (
-                s.marks.as_ref().map(|m| (m.high.clone_ref(py), m.low.clone_ref(py))),
+                s.marks
+                    .as_ref()
+                    .map(|m| (m.high.clone_ref(py), m.low.clone_ref(py))),
                 s.flow().limits,
             )
         })?;
@@ -586,10 +604,14 @@ impl StreamCore {
         let this = slf.get();
         let (eof, sendfile) = this.state(py, |s| (s.eof, s.sendfile))?;
         if eof {
-            return Err(PyRuntimeError::new_err("Cannot call writelines() after write_eof()"));
+            return Err(PyRuntimeError::new_err(
+                "Cannot call writelines() after write_eof()",
+            ));
         }
         if sendfile {
-            return Err(PyRuntimeError::new_err("unable to writelines; sendfile is in progress"));
+            return Err(PyRuntimeError::new_err(
+                "unable to writelines; sendfile is in progress",
+            ));
         }
         if !list_of_data.is_truthy()? {
             return Ok(());
@@ -659,7 +681,12 @@ impl StreamCore {
             let old = self
                 .st
                 .with(py, |s| {
-                    (s.transport.take(), s.loop_.take(), s.protocol.take(), s.marks.take())
+                    (
+                        s.transport.take(),
+                        s.loop_.take(),
+                        s.protocol.take(),
+                        s.marks.take(),
+                    )
                 })
                 .ok();
             drop(old);
