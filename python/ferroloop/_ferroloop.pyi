@@ -9,7 +9,7 @@ from typing_extensions import disjoint_base
 _Ts = TypeVarTuple("_Ts")
 _T = TypeVar("_T")
 
-__all__ = ['__version__', 'BUILD_PROFILE', 'Handle', 'TimerHandle', 'LoopCore', 'SlotDescriptor', 'SocketPump', 'SockOp',
+__all__ = ['__version__', 'BUILD_PROFILE', 'Handle', 'TimerHandle', 'LoopCore', 'SlotDescriptor', 'SocketPump', 'StreamCore', 'SockOp',
            'TlsProtocol', 'sock_recv', 'sock_sendall', 'DatagramPump', 'PidfdWatch', 'pidfd_supported',
            'PipeReadPump', 'PipeWritePump']
 __version__: str
@@ -179,6 +179,36 @@ class PidfdWatch:
 
 def pidfd_supported() -> bool:
     """Whether pidfd_open works here (asyncio's can_use_pidfd)."""
+
+@final
+class StreamCore:
+    """State and per-message paths of one socket stream transport (ferroloop._transports)."""
+
+    def __new__(cls, transport: Any, loop_: Any, fd: int, max_size: int) -> StreamCore: ...
+    @property
+    def fd(self) -> int: ...
+    closing: bool
+    eof: bool
+    paused: bool
+    conn_lost: int
+    sendfile: bool
+    read_cb: bool
+    protocol_connected: bool
+    protocol_paused: bool
+    loop: Any
+    @property
+    def protocol(self) -> Any: ...
+    def set_protocol(self, protocol: Any, buffered: bool) -> None: ...
+    def get_write_buffer_size(self) -> int: ...
+    def clear_buffer(self) -> None: ...
+    def set_limits(self, high: Any, low: Any, high_floor: int, low_floor: int) -> None: ...
+    def get_limits(self) -> tuple[Any, Any]: ...
+    @property
+    def __qualname__(self) -> str: ...  # type: ignore[override]
+    def __call__(self, *args: Any, **kwargs: Any) -> None: ...
+    def write(self, data: Any) -> None: ...
+    def writelines(self, list_of_data: Any) -> None: ...
+    def _write_ready(self) -> None: ...
 
 @final
 class SockOp:

@@ -1,62 +1,461 @@
-"""Socket transports: asyncio's own ``_SelectorSocketTransport`` with its per-message path in Rust.
+"""Socket stream transports (TCP and Unix): ferroloop's own, with the per-message paths in Rust.
 
-The class below *is* asyncio's transport (a subclass, with the same name so reprs match): every
-state change, buffer, flow-control call, close and error path is the running interpreter's code.
-Only two attributes are replaced on each instance by a ``_ferroloop.SocketPump``:
+``_SelectorSocketTransport`` is an ``asyncio.Transport`` (same class name as asyncio's, so reprs
+read the same) holding a ``_ferroloop.StreamCore``. The core keeps the state the per-message
+paths read — the flags, the protocol, the write buffer, the write flow control — and *is* the
+reader callback; ``write`` is the core's method, bound once per transport and stored on it (no
+Python frame per message). The methods below are the cold paths, written step for step as
+asyncio's ``selector_events._SelectorSocketTransport`` of the running version; asyncio's private
+attribute names (``_closing``, ``_eof``, ``_conn_lost``, ``_paused``, ``_protocol``, ``_loop``,
+``_sock``, ``_sock_fd``, ``_empty_waiter``, ``_protocol_paused``, ``_high_water``, ...) read and
+write the same state, for the stdlib code that uses them (sendfile, ``start_tls``, servers).
 
-- ``_read_ready`` (the reader callback): ``recv`` and ``protocol.data_received`` in Rust for a
-  plain Protocol, ``get_buffer``/``recv_into``/``buffer_updated`` for a BufferedProtocol;
-- ``write``: sent straight to the socket when asyncio would send at once (nothing buffered, no
-  EOF, no sendfile, connection alive); the rest of a partial send is buffered by ``_write_rest``
-  (asyncio's own steps); anything else goes to asyncio's ``write``.
+Memory: an instance has ``__slots__`` (no ``__dict__``); ``get_extra_info('socket' | 'sockname' |
+'peername')`` is filled on first use (or when the connection is lost, while the socket is still
+open, so later calls give what asyncio gives).
 
 ``make_socket_transport`` and ``make_ssl_transport`` are asyncio's own
 ``_make_socket_transport``/``_make_ssl_transport`` functions re-bound to globals that name this
-class, so they build this transport with exactly the stdlib's steps for the running version.
+class, so they build it with exactly the stdlib's steps for the running version (the SSL one
+wraps it in asyncio's ``SSLProtocol``).
 """
 
+import math
+import selectors
+import socket
+import sys
 import types
+import warnings
+from asyncio import base_events as _base_events
+from asyncio import constants as _constants
+from asyncio import futures as _futures
 from asyncio import protocols as _protocols
 from asyncio import selector_events as _selector_events
+from asyncio import transports as _transports
+from asyncio import trsock as _trsock
+from asyncio.log import logger
 
 from . import _ferroloop
 
 __all__ = ('make_socket_transport', 'make_ssl_transport')
 
-_Base = _selector_events._SelectorSocketTransport
+_PY312 = sys.version_info >= (3, 12)
+# Server._attach(transport)/_detach(transport) (3.13; 3.11 and 3.12.1 take no argument), and the
+# unclosed transport's __del__ detaching from its server came with it.
+_SERVER_TRACKS = _base_events.Server._attach.__code__.co_argcount == 2
+_test_selector_event = _selector_events._test_selector_event
+_StreamCore = _ferroloop.StreamCore
+_BufferedProtocol = _protocols.BufferedProtocol
+_EXTRA_FROM_SOCKET = frozenset(('socket', 'sockname', 'peername'))
 
 
-class _SelectorSocketTransport(_Base):
-    __slots__ = ()  # the base classes' instances have a __dict__ already
+def _core_property(name, doc=None):
+    def get(self):
+        return getattr(self._core, name)
+
+    def set(self, value):
+        setattr(self._core, name, value)
+
+    return property(get, set, None, doc)
+
+
+def _mark_floor(value):
+    # Buffer sizes are integers: `size <= value` is `size <= floor(value)`; clamp to u64.
+    if isinstance(value, int):
+        v = value
+    else:
+        try:
+            v = math.floor(value)
+        except (OverflowError, ValueError):   # inf, nan: no buffer passes an infinite mark
+            v = 2 ** 64 - 1 if value > 0 else 0
+    return min(max(v, 0), 2 ** 64 - 1)
+
+
+class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transport):
+
+    # _peer: the peer address an accepting server passes as extra={'peername': addr}, kept
+    # without that dict until get_extra_info needs one.
+    __slots__ = ('_core', '_sock', '_server', '_waiter', '_extra_ready', '_peer', 'write',
+                 '__weakref__')
+
+    # _FlowControlMixin (as asyncio's transport: base_events' sendfile fallback checks for it) has
+    # slots for _loop, _protocol_paused, _high_water and _low_water; the properties below replace
+    # them (the core keeps that state) and its __init__ is not called.
+
+    max_size = 256 * 1024  # Buffer size passed to recv().
+
+    _start_tls_compatible = True
+    _sendfile_compatible = _constants._SendfileMode.TRY_NATIVE
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
-        # Before the base __init__: it calls set_protocol and schedules _add_reader(_read_ready).
-        pump = _ferroloop.SocketPump(self, sock.fileno(), self.max_size, _Base.write)
-        self._read_ready = pump
-        self.write = pump.write
-        super().__init__(loop, sock, protocol, waiter, extra, server)
+        if type(extra) is dict and len(extra) == 1 and 'peername' in extra:
+            self._peer = extra['peername']
+            extra = None
+        else:
+            self._peer = None
+        self._extra = extra
+        self._extra_ready = False
+        self._sock = sock
+        core = self._core = _StreamCore(self, loop, sock.fileno(), self.max_size)
+        self.write = core.write
+        self._waiter = None
+        self.set_protocol(protocol)
+        self._server = server
+        if server is not None:
+            if _SERVER_TRACKS:
+                server._attach(self)
+            else:
+                server._attach()
+        loop._transports[core.fd] = self
+        # Disable the Nagle algorithm -- small writes will be sent without waiting for the TCP
+        # ACK.
+        _base_events._set_nodelay(sock)
+        loop.call_soon(protocol.connection_made, self)
+        # only start reading when connection_made() has been called
+        loop.call_soon(self._add_reader, core.fd, core)
+        if waiter is not None:
+            # only wake up the waiter when connection_made() has been called
+            loop.call_soon(_futures._set_result_unless_cancelled, waiter, None)
+
+    # -- asyncio's attributes, backed by the core ------------------------------------------------
+
+    _closing = _core_property('closing')
+    _eof = _core_property('eof')
+    _paused = _core_property('paused')
+    _conn_lost = _core_property('conn_lost')
+    _protocol_paused = _core_property('protocol_paused')
+    _protocol_connected = _core_property('protocol_connected')
+    _loop = _core_property('loop')
+
+    @property
+    def _protocol(self):
+        return self._core.protocol
+
+    @_protocol.setter
+    def _protocol(self, protocol):
+        self._core.set_protocol(protocol, isinstance(protocol, _BufferedProtocol))
+
+    @property
+    def _sock_fd(self):
+        return self._core.fd
+
+    @property
+    def _read_ready(self):
+        return self._core
+
+    @property
+    def _read_ready_cb(self):
+        # asyncio drops it in close()
+        return self._core if self._core.read_cb else None
+
+    @property
+    def _write_ready(self):
+        return self._core._write_ready
+
+    @property
+    def _empty_waiter(self):
+        return self._waiter
+
+    @_empty_waiter.setter
+    def _empty_waiter(self, waiter):
+        self._waiter = waiter
+        self._core.sendfile = waiter is not None
+
+    @property
+    def _high_water(self):
+        return self._core.get_limits()[1]
+
+    @property
+    def _low_water(self):
+        return self._core.get_limits()[0]
+
+    # -- BaseTransport ---------------------------------------------------------------------------
+
+    def __repr__(self):
+        info = [self.__class__.__name__]
+        if self._sock is None:
+            info.append('closed')
+        elif self._closing:
+            info.append('closing')
+        info.append(f'fd={self._sock_fd}')
+        loop = self._loop
+        # test if the transport was closed
+        if loop is not None and not loop.is_closed():
+            polling = _test_selector_event(loop._selector, self._sock_fd, selectors.EVENT_READ)
+            info.append('read=polling' if polling else 'read=idle')
+            polling = _test_selector_event(loop._selector, self._sock_fd, selectors.EVENT_WRITE)
+            state = 'polling' if polling else 'idle'
+            bufsize = self.get_write_buffer_size()
+            info.append(f'write=<{state}, bufsize={bufsize}>')
+        return '<{}>'.format(' '.join(info))
+
+    def _fill_extra(self):
+        # asyncio's _SelectorTransport.__init__ fills these at once; here on first use.
+        self._extra_ready = True
+        extra = self._extra
+        if extra is None:
+            extra = self._extra = {}
+        if self._peer is not None:
+            extra['peername'] = self._peer
+            self._peer = None
+        sock = self._sock
+        extra['socket'] = _trsock.TransportSocket(sock)
+        try:
+            extra['sockname'] = sock.getsockname()
+        except OSError:
+            extra['sockname'] = None
+        if 'peername' not in extra:
+            try:
+                extra['peername'] = sock.getpeername()
+            except OSError:
+                extra['peername'] = None
+        return extra
+
+    def get_extra_info(self, name, default=None):
+        extra = self._extra
+        if not self._extra_ready and self._sock is not None:
+            extra = self._fill_extra()
+        elif extra is None:
+            return default
+        return extra.get(name, default)
+
+    def is_closing(self):
+        return self._closing
 
     def set_protocol(self, protocol):
-        super().set_protocol(protocol)
-        # how the pump reads: 2 = get_buffer/buffer_updated, 1 = data_received
-        self._read_ready.mode = 2 if isinstance(protocol, _protocols.BufferedProtocol) else 1
+        self._core.set_protocol(protocol, isinstance(protocol, _BufferedProtocol))
+        self._core.protocol_connected = True
 
-    def _write_rest(self, data, n):
-        # The end of asyncio's write() after `n = self._sock.send(data)` took n < len(data) bytes
-        # (n = 0: EAGAIN), for the send the Rust fast path made.
-        if n:
-            data = memoryview(data)[n:]
-        self._loop._add_writer(self._sock_fd, self._write_ready)
-        if isinstance(self._buffer, bytearray):   # 3.11: one bytearray
-            self._buffer.extend(data)
-        else:                                     # 3.12+: a deque of buffers for sendmsg
-            self._buffer.append(data)
-        self._maybe_pause_protocol()
+    def get_protocol(self):
+        return self._core.protocol
 
     def close(self):
-        # asyncio drops _read_ready_cb here; the pump must stop reading natively with it.
-        self._read_ready.mode = 0
-        super().close()
+        core = self._core
+        core.read_cb = False
+        if core.closing:
+            return
+        core.closing = True
+        loop = core.loop
+        loop._remove_reader(core.fd)
+        if not core.get_write_buffer_size():
+            core.conn_lost += 1
+            loop._remove_writer(core.fd)
+            loop.call_soon(self._call_connection_lost, None)
+
+    def __del__(self, _warn=warnings.warn):
+        if getattr(self, '_sock', None) is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._sock.close()
+            if _SERVER_TRACKS and self._server is not None:
+                self._server._detach(self)
+
+    # -- ReadTransport ---------------------------------------------------------------------------
+
+    def is_reading(self):
+        return not self._closing and not self._paused
+
+    def pause_reading(self):
+        if not self.is_reading():
+            return
+        core = self._core
+        core.paused = True
+        loop = core.loop
+        loop._remove_reader(core.fd)
+        if loop.get_debug():
+            logger.debug("%r pauses reading", self)
+
+    def resume_reading(self):
+        core = self._core
+        if core.closing or not core.paused:
+            return
+        core.paused = False
+        self._add_reader(core.fd, core)
+        if core.loop.get_debug():
+            logger.debug("%r resumes reading", self)
+
+    def _add_reader(self, fd, callback, *args):
+        if not self.is_reading():
+            return
+        self._loop._add_reader(fd, callback, *args)
+
+    def _read_ready__on_eof(self):
+        if self._loop.get_debug():
+            logger.debug("%r received EOF", self)
+
+        try:
+            keep_open = self._protocol.eof_received()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, 'Fatal error: protocol.eof_received() call failed.')
+            return
+
+        if keep_open:
+            # We're keeping the connection open so the protocol can write more, but we still
+            # can't receive more, so remove the reader callback.
+            self._loop._remove_reader(self._sock_fd)
+        else:
+            self.close()
+
+    # -- WriteTransport --------------------------------------------------------------------------
+
+    def get_write_buffer_size(self):
+        return self._core.get_write_buffer_size()
+
+    def get_write_buffer_limits(self):
+        return self._core.get_limits()
+
+    def _set_write_buffer_limits(self, high=None, low=None):
+        if high is None:
+            if low is None:
+                high = 64 * 1024
+            else:
+                high = 4 * low
+        if low is None:
+            low = high // 4
+
+        if not high >= low >= 0:
+            raise ValueError(f'high ({high!r}) must be >= low ({low!r}) must be >= 0')
+
+        self._core.set_limits(high, low, _mark_floor(high), _mark_floor(low))
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        self._set_write_buffer_limits(high=high, low=low)
+        self._maybe_pause_protocol()
+
+    def _maybe_pause_protocol(self):
+        if self.get_write_buffer_size() <= self._high_water:
+            return
+        if not self._protocol_paused:
+            self._protocol_paused = True
+            self._call_flow('pause_writing')
+
+    def _maybe_resume_protocol(self):
+        if self._protocol_paused and self.get_write_buffer_size() <= self._low_water:
+            self._protocol_paused = False
+            self._call_flow('resume_writing')
+
+    def _call_flow(self, name):
+        # The protocol call of _FlowControlMixin._maybe_pause_protocol/_maybe_resume_protocol
+        # (the core has set the flag).
+        protocol = self._protocol
+        try:
+            getattr(protocol, name)()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler({
+                'message': f'protocol.{name}() failed',
+                'exception': exc,
+                'transport': self,
+                'protocol': protocol,
+            })
+
+    def _write_after_lost(self):
+        # write() after the connection was lost
+        if self._conn_lost >= _constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+            logger.warning('socket.send() raised exception.')
+        self._conn_lost += 1
+
+    def _write_failed(self, exc):
+        # the error branch of asyncio's _write_sendmsg/_write_ready
+        self._loop._remove_writer(self._sock_fd)
+        self._core.clear_buffer()
+        self._fatal_error(exc, 'Fatal write error on socket transport')
+        if self._waiter is not None:
+            self._waiter.set_exception(exc)
+
+    def _write_drained(self):
+        # the end of asyncio's _write_sendmsg/_write_ready once the buffer is empty
+        self._loop._remove_writer(self._sock_fd)
+        if self._waiter is not None:
+            self._waiter.set_result(None)
+        if self._closing:
+            self._call_connection_lost(None)
+        elif self._eof:
+            self._sock.shutdown(socket.SHUT_WR)
+
+    if _PY312:
+        def writelines(self, list_of_data):
+            self._core.writelines(list_of_data)
+
+    def write_eof(self):
+        if self._closing or self._eof:
+            return
+        self._eof = True
+        if not self.get_write_buffer_size():
+            self._sock.shutdown(socket.SHUT_WR)
+
+    def can_write_eof(self):
+        return True
+
+    def abort(self):
+        self._force_close(None)
+
+    # -- errors and the end of the connection ----------------------------------------------------
+
+    def _fatal_error(self, exc, message='Fatal error on transport'):
+        # Should be called from exception handler only.
+        if isinstance(exc, OSError):
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler({
+                'message': message,
+                'exception': exc,
+                'transport': self,
+                'protocol': self._protocol,
+            })
+        self._force_close(exc)
+
+    def _force_close(self, exc):
+        core = self._core
+        if core.conn_lost:
+            return
+        loop = core.loop
+        if core.get_write_buffer_size():
+            core.clear_buffer()
+            loop._remove_writer(core.fd)
+        if not core.closing:
+            core.closing = True
+            loop._remove_reader(core.fd)
+        core.conn_lost += 1
+        loop.call_soon(self._call_connection_lost, exc)
+
+    def _call_connection_lost(self, exc):
+        core = self._core
+        try:
+            if core.protocol_connected:
+                core.protocol.connection_lost(exc)
+        finally:
+            if not self._extra_ready:
+                self._fill_extra()
+            self._sock.close()
+            self._sock = None
+            core.set_protocol(None, False)
+            core.loop = None
+            server = self._server
+            if server is not None:
+                if _SERVER_TRACKS:
+                    server._detach(self)
+                else:
+                    server._detach()
+                self._server = None
+        if self._waiter is not None:
+            self._waiter.set_exception(ConnectionError("Connection is closed by peer"))
+
+    # -- sendfile --------------------------------------------------------------------------------
+
+    def _make_empty_waiter(self):
+        if self._waiter is not None:
+            raise RuntimeError("Empty waiter is already set")
+        self._empty_waiter = self._loop.create_future()
+        if not self.get_write_buffer_size():
+            self._waiter.set_result(None)
+        return self._waiter
+
+    def _reset_empty_waiter(self):
+        self._empty_waiter = None
 
 
 def _rebind(func):

@@ -13,6 +13,8 @@
 //! - [`waker`]   — cross-thread wake-up of a loop blocked in the poller, coalescing wake-ups.
 //! - [`signals`] — the pipe CPython's signal handler writes to, waking a loop blocked in the poller.
 //! - [`stats`]   — loop telemetry: always-on counters, opt-in timing (histograms, slowest callbacks).
+//! - [`stream`]  — stream transports without Python: the write queue (gathered `writev`) and
+//!   write flow control (high/low-water marks, when to pause and resume the protocol).
 //! - [`timeout`] — converting a timer deadline into a poll timeout that is rounded up, never down.
 //! - [`sys`]     — the OS-specific pieces, one small file per OS facility.
 //!
@@ -27,6 +29,7 @@ pub mod process;
 pub mod ready;
 pub mod signals;
 pub mod stats;
+pub mod stream;
 pub mod sys;
 pub mod timeout;
 pub mod timers;

@@ -29,6 +29,7 @@
 //! | `sockops.rs` | `sock_recv` / `sock_sendall`: the attempt, the wait and the clean-up |
 //! | `sockio.rs` | recv/send syscalls with the `socket` module's results and errors |
 //! | `tls.rs` | `TlsProtocol`: the per-record paths of asyncio's `SSLProtocol` (decrypt, encrypt, both flow controls) |
+//! | `stream.rs` | `StreamCore`: state, reading, `write`/`writelines`, the `writev` write buffer and write flow control of ferroloop's socket stream transport (`ferroloop._transports` is its Python half) |
 
 mod datagram;
 mod pipe;
@@ -37,6 +38,7 @@ mod socket_pump;
 mod sockio;
 mod sockops;
 mod tls;
+mod stream;
 
 use pyo3::ffi;
 use pyo3::intern;
@@ -55,6 +57,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pipe::PipeWritePump>()?;
     m.add_function(wrap_pyfunction!(process::pidfd_supported, m)?)?;
     m.add_class::<tls::TlsProtocol>()?;
+    m.add_class::<stream::StreamCore>()?;
     m.add_function(wrap_pyfunction!(sockops::sock_recv, m)?)?;
     m.add_function(wrap_pyfunction!(sockops::sock_sendall, m)?)?;
     Ok(())

@@ -1,0 +1,695 @@
+//! `StreamCore`: the state and per-message paths of a socket stream transport (TCP and Unix).
+//!
+//! `ferroloop._transports._SelectorSocketTransport` (a subclass of `asyncio.Transport`, named as
+//! asyncio's class so reprs match) holds one `StreamCore` and keeps here everything the
+//! per-message paths read: the connection flags (`_closing`, `_eof`, `_conn_lost`, `_paused`),
+//! the protocol, the write buffer ([`ferroloop_core::stream::WriteQueue`]) and write flow control
+//! ([`ferroloop_core::stream::FlowControl`]). The Python class exposes these as properties with
+//! asyncio's attribute names, and implements the cold paths (closing, fatal errors,
+//! `connection_lost`, `write_eof`, sendfile waiters, reprs) with asyncio's steps.
+//!
+//! Per message, no Python object is made other than the bytes passed to `data_received`:
+//!
+//! - reading: the core *is* the reader callback (`__call__`, asyncio's `_read_ready`): one `recv`
+//!   into the per-thread buffer, then `protocol.data_received(bytes)`; for a `BufferedProtocol`,
+//!   `get_buffer(-1)`, `recv_into`, `buffer_updated(n)`. EOF and errors go to the transport's
+//!   Python methods (`_read_ready__on_eof`, `_fatal_error`) with asyncio's messages.
+//! - writing: `write(data)` (bound once per transport, stored on it) sends at once when nothing is
+//!   buffered; the rest (or all of it on EAGAIN) is buffered — bytes objects by reference, other
+//!   bytes-like objects copied, as asyncio 3.11 does — and the writer callback (`_write_ready`)
+//!   sends the buffer with one `writev` per wake-up, as asyncio 3.12's `sendmsg`.
+//! - flow control: `pause_writing` when a write leaves more than the high-water mark buffered,
+//!   `resume_writing` when a send leaves the low-water mark or less (asyncio's
+//!   `_maybe_pause_protocol`/`_maybe_resume_protocol`, called at the same points).
+
+use ferroloop_core::stream::{FlowControl, Limits, WriteQueue};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::ffi;
+use pyo3::gc::PyVisit;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
+use pyo3::PyTraverseError;
+
+use super::sockio::{self, Io};
+use crate::errors;
+use crate::gil::GilCell;
+
+const READ_FAILED: &str = "Fatal read error on socket transport";
+const WRITE_FAILED: &str = "Fatal write error on socket transport";
+const DATA_RECEIVED_FAILED: &str = "Fatal error: protocol.data_received() call failed.";
+const GET_BUFFER_FAILED: &str = "Fatal error: protocol.get_buffer() call failed.";
+const BUFFER_UPDATED_FAILED: &str = "Fatal error: protocol.buffer_updated() call failed.";
+
+/// One buffered write: a bytes object kept by reference, or a copy of another bytes-like object.
+pub(crate) enum Chunk {
+    Bytes(Py<PyBytes>),
+    Owned(Box<[u8]>),
+}
+
+impl AsRef<[u8]> for Chunk {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            // SAFETY: a bytes object is immutable and its buffer lives as long as the object,
+            // which this chunk owns a reference to. Reading its data pointer and size needs no
+            // GIL (no reference count changes, no Python code).
+            Chunk::Bytes(b) => unsafe {
+                let p = b.as_ptr();
+                std::slice::from_raw_parts(
+                    ffi::PyBytes_AsString(p) as *const u8,
+                    ffi::PyBytes_Size(p) as usize,
+                )
+            },
+            Chunk::Owned(v) => v,
+        }
+    }
+}
+
+/// The mutable state, only touched with the GIL held and never across a call into Python.
+struct State {
+    /// The Python transport (`_SelectorSocketTransport`); `None` once the GC broke the cycle.
+    transport: Option<Py<PyAny>>,
+    /// `_loop` (`None` after `_call_connection_lost`).
+    loop_: Option<Py<PyAny>>,
+    /// `_protocol` (`None` after `_call_connection_lost`).
+    protocol: Option<Py<PyAny>>,
+    /// The protocol is a `BufferedProtocol`.
+    buffered: bool,
+    /// `_read_ready_cb is not None` (asyncio drops it in `close`).
+    read_cb: bool,
+    protocol_connected: bool,
+    conn_lost: u32,
+    closing: bool,
+    eof: bool,
+    paused: bool,
+    /// `_empty_waiter is not None`: a sendfile is in progress.
+    sendfile: bool,
+    /// The write buffer, allocated when something is buffered and freed when it drains (an
+    /// idle connection keeps one pointer).
+    queue: Option<Box<WriteQueue<Chunk>>>,
+    /// `_protocol_paused`.
+    protocol_paused: bool,
+    /// Marks set by `set_write_buffer_limits`; `None`: asyncio's defaults.
+    marks: Option<Box<Marks>>,
+}
+
+/// Write-buffer limits set by the user.
+struct Marks {
+    /// The floors compared with the buffer size.
+    limits: Limits,
+    /// `high` and `low` as given (any real numbers), for `get_write_buffer_limits`.
+    high: Py<PyAny>,
+    low: Py<PyAny>,
+}
+
+impl State {
+    fn size(&self) -> usize {
+        self.queue.as_ref().map_or(0, |q| q.size())
+    }
+
+    fn queue(&mut self) -> &mut WriteQueue<Chunk> {
+        self.queue.get_or_insert_with(Default::default)
+    }
+
+    /// Free the buffer if it is empty.
+    fn trim(&mut self) {
+        if self.queue.as_ref().is_some_and(|q| q.is_empty()) {
+            self.queue = None;
+        }
+    }
+
+    fn flow(&self) -> FlowControl {
+        FlowControl {
+            limits: self
+                .marks
+                .as_ref()
+                .map_or_else(Limits::default, |m| m.limits),
+            paused: self.protocol_paused,
+        }
+    }
+
+    /// `f` on the flow-control state; the paused flag is written back.
+    fn with_flow<R>(&mut self, f: impl FnOnce(&mut FlowControl, usize) -> R) -> R {
+        let mut flow = self.flow();
+        let r = f(&mut flow, self.size());
+        self.protocol_paused = flow.paused;
+        r
+    }
+}
+
+/// The per-message half of a socket stream transport (see the module docs).
+#[pyclass(module = "ferroloop._ferroloop", frozen)]
+pub struct StreamCore {
+    fd: i32,
+    max_size: usize,
+    st: GilCell<State>,
+}
+
+impl StreamCore {
+    fn state<R>(&self, py: Python<'_>, f: impl FnOnce(&mut State) -> R) -> PyResult<R> {
+        self.st.with(py, f)
+    }
+
+    fn transport<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        self.state(py, |s| {
+            s.transport.as_ref().map(|t| t.clone_ref(py).into_bound(py))
+        })
+    }
+
+    /// `transport._fatal_error(err, message)`, unless `err` must propagate.
+    fn fatal(tr: &Bound<'_, PyAny>, err: PyErr, message: &str) -> PyResult<()> {
+        super::fatal_error(tr, err, message)
+    }
+
+    /// `_read_ready__data_received`.
+    fn read_data(&self, py: Python<'_>, tr: &Bound<'_, PyAny>) -> PyResult<()> {
+        let data = match sockio::recv(py, self.fd, self.max_size) {
+            Ok(Io::Done(data)) => data,
+            Ok(Io::WouldBlock) => return Ok(()),
+            Err(err) => return Self::fatal(tr, err, READ_FAILED),
+        };
+        if data.as_bytes().is_empty() {
+            tr.call_method0(intern!(py, "_read_ready__on_eof"))?;
+            return Ok(());
+        }
+        let Some(protocol) = self.state(py, |s| s.protocol.as_ref().map(|p| p.clone_ref(py)))?
+        else {
+            return Ok(());
+        };
+        let protocol = protocol.into_bound(py);
+        match super::call_method1(&protocol, intern!(py, "data_received"), data.as_any()) {
+            Ok(_) => Ok(()),
+            Err(err) => Self::fatal(tr, err, DATA_RECEIVED_FAILED),
+        }
+    }
+
+    /// `_read_ready__get_buffer`.
+    fn read_into(&self, py: Python<'_>, tr: &Bound<'_, PyAny>) -> PyResult<()> {
+        let Some(protocol) = self.state(py, |s| s.protocol.as_ref().map(|p| p.clone_ref(py)))?
+        else {
+            return Ok(());
+        };
+        let protocol = protocol.into_bound(py);
+        let buf = match protocol
+            .call_method1(intern!(py, "get_buffer"), (-1,))
+            .and_then(|buf| match buf.len()? {
+                0 => Err(PyRuntimeError::new_err(
+                    "get_buffer() returned an empty buffer",
+                )),
+                _ => Ok(buf),
+            }) {
+            Ok(buf) => buf,
+            Err(err) => return Self::fatal(tr, err, GET_BUFFER_FAILED),
+        };
+        let received = match sockio::recv_into(py, self.fd, &buf) {
+            Some(r) => r,
+            // Not a writable buffer: socket.recv_into raises the TypeError asyncio reports.
+            None => tr
+                .getattr(intern!(py, "_sock"))?
+                .call_method1(intern!(py, "recv_into"), (&buf,))
+                .and_then(|n| n.extract::<usize>().map(Io::Done)),
+        };
+        let nbytes = match received {
+            Ok(Io::Done(n)) => n,
+            Ok(Io::WouldBlock) => return Ok(()),
+            Err(err) => return Self::fatal(tr, err, READ_FAILED),
+        };
+        drop(buf);
+        if nbytes == 0 {
+            tr.call_method0(intern!(py, "_read_ready__on_eof"))?;
+            return Ok(());
+        }
+        match protocol.call_method1(intern!(py, "buffer_updated"), (nbytes,)) {
+            Ok(_) => Ok(()),
+            Err(err) => Self::fatal(tr, err, BUFFER_UPDATED_FAILED),
+        }
+    }
+
+    /// The buffered copy of `data` (a bytes object by reference).
+    fn chunk(data: &Bound<'_, PyAny>) -> Option<Chunk> {
+        if let Ok(b) = data.cast_exact::<PyBytes>() {
+            return Some(Chunk::Bytes(b.clone().unbind()));
+        }
+        sockio::with_bytes(data, |b| Chunk::Owned(b.into()))
+    }
+
+    /// `bytes(data)` for a bytes-like object that exports no contiguous buffer.
+    fn contiguous(py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<Chunk> {
+        let b = py
+            .get_type::<PyBytes>()
+            .call1((data,))?
+            .cast_into::<PyBytes>()?;
+        Ok(Chunk::Bytes(b.unbind()))
+    }
+
+    /// `loop._add_writer(fd, self._write_ready)`.
+    fn add_writer(slf: &Bound<'_, Self>, loop_: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let cb = slf.getattr(intern!(py, "_write_ready"))?;
+        loop_.call_method1(intern!(py, "_add_writer"), (slf.get().fd, cb))?;
+        Ok(())
+    }
+
+    /// `_maybe_pause_protocol` after the buffer grew.
+    fn maybe_pause(&self, py: Python<'_>, tr: &Bound<'_, PyAny>) -> PyResult<()> {
+        if self.state(py, |s| s.with_flow(|f, size| f.should_pause(size)))? {
+            tr.call_method1(intern!(py, "_call_flow"), (intern!(py, "pause_writing"),))?;
+        }
+        Ok(())
+    }
+
+    /// `_maybe_resume_protocol` after the buffer shrank.
+    fn maybe_resume(&self, py: Python<'_>, tr: &Bound<'_, PyAny>) -> PyResult<()> {
+        if self.state(py, |s| s.with_flow(|f, size| f.should_resume(size)))? {
+            tr.call_method1(intern!(py, "_call_flow"), (intern!(py, "resume_writing"),))?;
+        }
+        Ok(())
+    }
+
+    /// The type check and the state checks at the top of asyncio's `write`; `Ok(false)`: nothing
+    /// to do (empty data).
+    fn check_write(&self, py: Python<'_>, data: &Bound<'_, PyAny>, what: &str) -> PyResult<bool> {
+        if !(data.is_instance_of::<PyBytes>()
+            || data.is_instance_of::<PyByteArray>()
+            || data.is_instance_of::<PyMemoryView>())
+        {
+            let name = data.get_type().name()?;
+            return Err(PyTypeError::new_err(format!(
+                "data argument must be a bytes-like object, not {}",
+                name.repr()?
+            )));
+        }
+        let (eof, sendfile) = self.state(py, |s| (s.eof, s.sendfile))?;
+        if eof {
+            return Err(PyRuntimeError::new_err(format!(
+                "Cannot call {what}() after write_eof()"
+            )));
+        }
+        if sendfile {
+            return Err(PyRuntimeError::new_err(format!(
+                "unable to {what}; sendfile is in progress"
+            )));
+        }
+        Ok(data.len()? > 0)
+    }
+
+    /// One `writev` of the buffer; on a fatal error, what `_write_sendmsg` does (through the
+    /// transport's `_write_failed`). Returns whether it ended in an error.
+    fn send_buffer(&self, py: Python<'_>, tr: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let mut done = Vec::new();
+        let res = self.state(py, |s| match s.queue.as_mut() {
+            Some(q) => q.write_to(self.fd, &mut done),
+            None => Ok(0),
+        })?;
+        drop(done); // after the borrow: freeing a bytes object runs no Python, but keep it simple
+        match res {
+            Ok(_) => Ok(false),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) => {
+                Ok(false)
+            }
+            Err(e) => {
+                let err = errors::from_io(py, e);
+                tr.call_method1(intern!(py, "_write_failed"), (err.into_value(py),))?;
+                Ok(true)
+            }
+        }
+    }
+}
+
+#[pymethods]
+impl StreamCore {
+    #[new]
+    fn new(transport: Py<PyAny>, loop_: Py<PyAny>, fd: i32, max_size: usize) -> Self {
+        sockio::prepare();
+        StreamCore {
+            fd,
+            max_size: max_size.clamp(1, sockio::MAX_BUFFERED_READ),
+            st: GilCell::new(State {
+                transport: Some(transport),
+                loop_: Some(loop_),
+                protocol: None,
+                buffered: false,
+                read_cb: true,
+                protocol_connected: false,
+                conn_lost: 0,
+                closing: false,
+                eof: false,
+                paused: false,
+                sendfile: false,
+                queue: None,
+                protocol_paused: false,
+                marks: None,
+            }),
+        }
+    }
+
+    #[getter]
+    fn fd(&self) -> i32 {
+        self.fd
+    }
+
+    #[getter]
+    fn get_closing(&self, py: Python<'_>) -> PyResult<bool> {
+        self.state(py, |s| s.closing)
+    }
+
+    #[setter]
+    fn set_closing(&self, py: Python<'_>, value: bool) -> PyResult<()> {
+        self.state(py, |s| s.closing = value)
+    }
+    #[getter]
+    fn get_eof(&self, py: Python<'_>) -> PyResult<bool> {
+        self.state(py, |s| s.eof)
+    }
+
+    #[setter]
+    fn set_eof(&self, py: Python<'_>, value: bool) -> PyResult<()> {
+        self.state(py, |s| s.eof = value)
+    }
+    #[getter]
+    fn get_paused(&self, py: Python<'_>) -> PyResult<bool> {
+        self.state(py, |s| s.paused)
+    }
+
+    #[setter]
+    fn set_paused(&self, py: Python<'_>, value: bool) -> PyResult<()> {
+        self.state(py, |s| s.paused = value)
+    }
+    #[getter]
+    fn get_conn_lost(&self, py: Python<'_>) -> PyResult<u32> {
+        self.state(py, |s| s.conn_lost)
+    }
+
+    #[setter]
+    fn set_conn_lost(&self, py: Python<'_>, value: u32) -> PyResult<()> {
+        self.state(py, |s| s.conn_lost = value)
+    }
+    #[getter]
+    fn get_sendfile(&self, py: Python<'_>) -> PyResult<bool> {
+        self.state(py, |s| s.sendfile)
+    }
+
+    #[setter]
+    fn set_sendfile(&self, py: Python<'_>, value: bool) -> PyResult<()> {
+        self.state(py, |s| s.sendfile = value)
+    }
+    #[getter]
+    fn get_read_cb(&self, py: Python<'_>) -> PyResult<bool> {
+        self.state(py, |s| s.read_cb)
+    }
+
+    #[setter]
+    fn set_read_cb(&self, py: Python<'_>, value: bool) -> PyResult<()> {
+        self.state(py, |s| s.read_cb = value)
+    }
+    #[getter]
+    fn get_protocol_connected(&self, py: Python<'_>) -> PyResult<bool> {
+        self.state(py, |s| s.protocol_connected)
+    }
+
+    #[setter]
+    fn set_protocol_connected(&self, py: Python<'_>, value: bool) -> PyResult<()> {
+        self.state(py, |s| s.protocol_connected = value)
+    }
+
+    /// `_protocol_paused`.
+    #[getter]
+    fn get_protocol_paused(&self, py: Python<'_>) -> PyResult<bool> {
+        self.state(py, |s| s.protocol_paused)
+    }
+
+    #[setter]
+    fn set_protocol_paused(&self, py: Python<'_>, value: bool) -> PyResult<()> {
+        self.state(py, |s| s.protocol_paused = value)
+    }
+
+    #[getter]
+    fn get_protocol(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        self.state(py, |s| s.protocol.as_ref().map(|p| p.clone_ref(py)))
+    }
+
+    /// Set the protocol (`None` after `connection_lost`) and whether it is a BufferedProtocol.
+    fn set_protocol(
+        &self,
+        py: Python<'_>,
+        protocol: Option<Py<PyAny>>,
+        buffered: bool,
+    ) -> PyResult<()> {
+        let old = self.state(py, |s| {
+            s.buffered = buffered;
+            std::mem::replace(&mut s.protocol, protocol)
+        })?;
+        drop(old);
+        Ok(())
+    }
+
+    #[getter]
+    fn get_loop(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        self.state(py, |s| s.loop_.as_ref().map(|p| p.clone_ref(py)))
+    }
+
+    #[setter]
+    fn set_loop(&self, py: Python<'_>, value: Option<Py<PyAny>>) -> PyResult<()> {
+        let old = self.state(py, |s| std::mem::replace(&mut s.loop_, value))?;
+        drop(old);
+        Ok(())
+    }
+
+    /// `get_write_buffer_size()`.
+    fn get_write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
+        self.state(py, |s| s.size())
+    }
+
+    /// Drop the buffer (asyncio's `self._buffer.clear()`).
+    fn clear_buffer(&self, py: Python<'_>) -> PyResult<()> {
+        let old = self.state(py, |s| s.queue.take())?;
+        drop(old);
+        Ok(())
+    }
+
+    /// The marks: `high`/`low` as given (kept for `get_write_buffer_limits`), and their floors
+    /// clamped to [0, 2**64-1] for the comparisons.
+    fn set_limits(
+        &self,
+        py: Python<'_>,
+        high: Py<PyAny>,
+        low: Py<PyAny>,
+        high_floor: u64,
+        low_floor: u64,
+    ) -> PyResult<()> {
+        let old = self.state(py, |s| {
+            s.marks.replace(Box::new(Marks {
+                limits: Limits {
+                    high: high_floor,
+                    low: low_floor,
+                },
+                high,
+                low,
+            }))
+        })?;
+        drop(old);
+        Ok(())
+    }
+
+    /// `(low, high)` as given to `set_limits` (or the defaults).
+    fn get_limits(&self, py: Python<'_>) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
+        let (marks, limits) = self.state(py, |s| {
+            (
+                s.marks
+                    .as_ref()
+                    .map(|m| (m.high.clone_ref(py), m.low.clone_ref(py))),
+                s.flow().limits,
+            )
+        })?;
+        Ok(match marks {
+            Some((h, l)) => (l, h),
+            None => (
+                limits.low.into_pyobject(py)?.into_any().unbind(),
+                limits.high.into_pyobject(py)?.into_any().unbind(),
+            ),
+        })
+    }
+
+    /// As asyncio's `_read_ready`, so handle reprs read `<Handle _SelectorSocketTransport._read_ready()>`.
+    #[getter]
+    fn __qualname__(&self) -> &'static str {
+        "_SelectorSocketTransport._read_ready"
+    }
+
+    /// The reader callback (asyncio's `_read_ready`).
+    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        let Some((tr, buffered)) = self.state(py, |s| {
+            if s.conn_lost > 0 || !s.read_cb {
+                return None;
+            }
+            s.transport.as_ref().map(|t| (t.clone_ref(py), s.buffered))
+        })?
+        else {
+            return Ok(());
+        };
+        let tr = tr.into_bound(py);
+        if buffered {
+            self.read_into(py, &tr)
+        } else {
+            self.read_data(py, &tr)
+        }
+    }
+
+    /// `transport.write(data)`.
+    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if !this.check_write(py, data, "write")? {
+            return Ok(());
+        }
+        let Some(tr) = this.transport(py)? else {
+            return Ok(());
+        };
+        let (lost, empty) = this.state(py, |s| (s.conn_lost, s.size() == 0))?;
+        if lost > 0 {
+            tr.call_method0(intern!(py, "_write_after_lost"))?;
+            return Ok(());
+        }
+        if empty {
+            // Optimization (asyncio's): try to send now.
+            let sent = match sockio::with_bytes(data, |b| (sockio::send(py, this.fd, b), b.len())) {
+                Some((r, len)) => r.map(|r| (r, len)),
+                // A bytes-like object that is not contiguous bytes: socket.send decides.
+                None => tr
+                    .getattr(intern!(py, "_sock"))?
+                    .call_method1(intern!(py, "send"), (data,))
+                    .and_then(|n| n.extract::<usize>().map(Io::Done))
+                    .or_else(|e| {
+                        if e.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py)
+                            || e.is_instance_of::<pyo3::exceptions::PyInterruptedError>(py)
+                        {
+                            Ok(Io::WouldBlock)
+                        } else {
+                            Err(e)
+                        }
+                    })
+                    .map(|r| (r, usize::MAX)),
+            };
+            let n = match sent {
+                Ok((Io::Done(n), len)) if n >= len => return Ok(()),
+                Ok((Io::Done(n), _)) => n,
+                Ok((Io::WouldBlock, _)) => 0,
+                Err(err) => return Self::fatal(&tr, err, WRITE_FAILED),
+            };
+            let chunk = match Self::chunk(data) {
+                Some(c) => c,
+                None => Self::contiguous(py, data)?,
+            };
+            if n >= chunk.as_ref().len() {
+                return Ok(());
+            }
+            // Not all was written; register the writer.
+            let loop_ = tr.getattr(intern!(py, "_loop"))?;
+            Self::add_writer(slf, &loop_)?;
+            this.state(py, |s| s.queue().push_rest(chunk, n))?;
+        } else {
+            let chunk = match Self::chunk(data) {
+                Some(c) => c,
+                None => Self::contiguous(py, data)?,
+            };
+            this.state(py, |s| s.queue().push(chunk))?;
+        }
+        this.maybe_pause(py, &tr)
+    }
+
+    /// `writelines(list_of_data)` as asyncio 3.12+: everything is buffered, then one `writev`
+    /// (no high-water check, as asyncio's), and the writer is registered if some is left.
+    fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (eof, sendfile) = this.state(py, |s| (s.eof, s.sendfile))?;
+        if eof {
+            return Err(PyRuntimeError::new_err(
+                "Cannot call writelines() after write_eof()",
+            ));
+        }
+        if sendfile {
+            return Err(PyRuntimeError::new_err(
+                "unable to writelines; sendfile is in progress",
+            ));
+        }
+        if !list_of_data.is_truthy()? {
+            return Ok(());
+        }
+        let mut chunks = Vec::new();
+        for item in list_of_data.try_iter()? {
+            let item = item?;
+            // memoryview(data): asyncio's TypeError for anything that is not a buffer.
+            let view = PyMemoryView::from(&item)?;
+            chunks.push(match Self::chunk(&item) {
+                Some(c) => c,
+                None => Self::contiguous(py, view.as_any())?,
+            });
+        }
+        this.state(py, |s| {
+            for c in chunks {
+                s.queue().push(c);
+            }
+        })?;
+        Self::_write_ready(slf)?;
+        if this.state(py, |s| s.size() > 0)? {
+            if let Some(loop_) = this.state(py, |s| s.loop_.as_ref().map(|l| l.clone_ref(py)))? {
+                Self::add_writer(slf, loop_.bind(py))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The writer callback (asyncio's `_write_sendmsg`).
+    fn _write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let Some(tr) = this.transport(py)? else {
+            return Ok(());
+        };
+        if this.state(py, |s| s.conn_lost)? > 0 {
+            return Ok(());
+        }
+        if this.send_buffer(py, &tr)? {
+            return Ok(());
+        }
+        this.maybe_resume(py, &tr)?; // may append to the buffer
+        if this.state(py, |s| {
+            s.trim();
+            s.size() == 0
+        })? {
+            tr.call_method0(intern!(py, "_write_drained"))?;
+        }
+        Ok(())
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(s) = self.st.peek() {
+            for o in [&s.transport, &s.loop_, &s.protocol].into_iter().flatten() {
+                visit.call(o)?;
+            }
+            if let Some(m) = &s.marks {
+                visit.call(&m.high)?;
+                visit.call(&m.low)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        Python::attach(|py| {
+            let old = self
+                .st
+                .with(py, |s| {
+                    (
+                        s.transport.take(),
+                        s.loop_.take(),
+                        s.protocol.take(),
+                        s.marks.take(),
+                    )
+                })
+                .ok();
+            drop(old);
+        });
+    }
+}
