@@ -9,7 +9,7 @@ from typing_extensions import disjoint_base
 _Ts = TypeVarTuple("_Ts")
 _T = TypeVar("_T")
 
-__all__ = ['__version__', 'BUILD_PROFILE', 'Handle', 'TimerHandle', 'LoopCore', 'SlotDescriptor', 'SocketPump', 'StreamCore', 'SockOp',
+__all__ = ['__version__', 'BUILD_PROFILE', 'Handle', 'TimerHandle', 'LoopCore', 'SlotDescriptor', 'StreamCore', 'SockOp',
            'TlsProtocol', 'sock_recv', 'sock_sendall', 'DatagramPump', 'PidfdWatch', 'pidfd_supported',
            'PipeReadPump', 'PipeWritePump']
 __version__: str
@@ -123,17 +123,6 @@ class SlotDescriptor:
     def __get__(self, instance: Any, owner: Any = None, /) -> Any: ...
     def __set__(self, instance: Any, value: Any, /) -> None: ...
     def __delete__(self, instance: Any, /) -> None: ...
-
-@final
-class SocketPump:
-    """The reader callback and fast write of one socket transport (ferroloop._transports)."""
-
-    def __new__(cls, transport: Any, fd: int, max_size: int, py_write: Callable[[Any, Any], object]) -> SocketPump: ...
-    mode: int
-    @property
-    def __qualname__(self) -> str: ...  # type: ignore[override]
-    def __call__(self, *args: Any, **kwargs: Any) -> None: ...
-    def write(self, data: Any) -> None: ...
 
 @final
 class DatagramPump:

@@ -25,7 +25,6 @@
 //! | `datagram.rs` | `DatagramPump`: reading (`recvfrom` → `datagram_received`, a batch per wake-up, cached address objects) and the fast `sendto` of asyncio's datagram transport |
 //! | `pipe.rs` | `PipeReadPump`, `PipeWritePump`: the read (`data_received`) and the fast `write` of asyncio's pipe transports |
 //! | `process.rs` | `PidfdWatch`: a child's exit through its pidfd registered as a reader; reaping and the return code |
-//! | `socket_pump.rs` | `SocketPump`: reading (`data_received`, BufferedProtocol) and the fast `write` of asyncio's socket transport |
 //! | `sockops.rs` | `sock_recv` / `sock_sendall`: the attempt, the wait and the clean-up |
 //! | `sockio.rs` | recv/send syscalls with the `socket` module's results and errors |
 //! | `tls.rs` | `TlsProtocol`: the per-record paths of asyncio's `SSLProtocol` (decrypt, encrypt, both flow controls) |
@@ -34,7 +33,6 @@
 mod datagram;
 mod pipe;
 mod process;
-mod socket_pump;
 mod sockio;
 mod sockops;
 mod tls;
@@ -49,7 +47,6 @@ use crate::errors;
 
 /// Add the classes and functions of this area to the module.
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<socket_pump::SocketPump>()?;
     m.add_class::<sockops::SockOp>()?;
     m.add_class::<datagram::DatagramPump>()?;
     m.add_class::<process::PidfdWatch>()?;
