@@ -80,6 +80,11 @@ bench-http: ## HTTP benchmark: httptools Protocol server and uvicorn on each loo
 	.venv/3.11/bin/python -m pip install -q --disable-pip-version-check -r bench/requirements.txt
 	.venv/3.11/bin/python bench/http/run.py --markdown $(ARGS)
 
+.PHONY: fuzz
+SECONDS ?= 60
+fuzz: .venv/$(V)/.built ## differential fuzzing against asyncio for SECONDS (default 60) on V: random programs, traces compared
+	$(PYTHON) tests/fuzz/run.py --seconds $(SECONDS)
+
 .PHONY: check-stubs
 check-stubs: .venv/$(V)/.built ## check python/ferroloop/_ferroloop.pyi against the compiled module (mypy stubtest)
 	cd /tmp && $(CURDIR)/$(PYTHON) -m mypy.stubtest ferroloop._ferroloop
