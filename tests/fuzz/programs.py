@@ -13,8 +13,9 @@ steps, each run to completion before the next, so only the events of one step ca
   callbacks already queued, by deadline), futures, tasks, gather/wait/shield/timeout/wait_for,
   cancellation, exceptions in callbacks and in the exception handler, ``stop()``, BaseExceptions
   escaping ``run_until_complete`` and attempts to re-enter the running loop. Timers with *equal*
-  deadlines may run in any order (asyncio uses a plain heap; ferroloop runs them FIFO): runs of
-  consecutive equal-deadline timer events are sorted before comparing.
+  deadlines may run in any order in asyncio (a plain heap); ferroloop runs them FIFO, one of the
+  orders asyncio allows (README). As what they do next depends on that order, the reference is
+  :class:`FifoSelectorEventLoop`: asyncio's loop with FIFO ties, otherwise unchanged.
 - ``timers`` steps use deadlines in the future, ``UNIT`` seconds apart; their order is defined as
   long as the work between two deadlines takes less than ``UNIT`` (a stalled machine can break
   that; :func:`compare` re-runs a differing program to tell such noise from a difference).
@@ -29,11 +30,14 @@ define: they are compared as a multiset at the end.
 
 import asyncio
 import gc
+import itertools
 import logging
 import re
 import socket
 import sys
 import threading
+
+from asyncio import events as _events
 
 from hypothesis import strategies as st
 
@@ -691,29 +695,45 @@ class Runner:
 
     def trace(self):
         return {
-            'main': normalize_ties(self.main),
+            'main': self.main,
             'channels': self.channels,
             'unordered': sorted(self.unordered, key=repr),
         }
 
 
-def normalize_ties(events):
-    """Sort the runs of consecutive timer callbacks with the same deadline (their order among
-    themselves is undefined in asyncio)."""
-    out = []
-    i = 0
-    while i < len(events):
-        ev = events[i]
-        if ev[0] == 'cb' and ev[2] is not None:
-            j = i
-            while j < len(events) and events[j][0] == 'cb' and events[j][2] == ev[2]:
-                j += 1
-            out.extend(sorted(events[i:j], key=repr))
-            i = j
-        else:
-            out.append(ev)
-            i += 1
-    return out
+class _FifoTimerHandle(_events.TimerHandle):
+    """asyncio's TimerHandle, ordered by (deadline, creation): equal deadlines run FIFO."""
+
+    __slots__ = ('_seq',)
+    _counter = itertools.count()
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._seq = next(self._counter)
+
+    def __lt__(self, other):
+        if self._when == other._when and isinstance(other, _FifoTimerHandle):
+            return self._seq < other._seq
+        return self._when < other._when
+
+    def __gt__(self, other):
+        return other.__lt__(self)
+
+
+_FifoTimerHandle.__name__ = _FifoTimerHandle.__qualname__ = 'TimerHandle'
+
+
+class FifoSelectorEventLoop(asyncio.SelectorEventLoop):
+    """asyncio's loop, whose timers with equal deadlines run in the order they were scheduled."""
+
+    def call_at(self, when, callback, *args, context=None):
+        # BaseEventLoop.call_at makes its handle as `events.TimerHandle(...)`
+        original = _events.TimerHandle
+        _events.TimerHandle = _FifoTimerHandle
+        try:
+            return super().call_at(when, callback, *args, context=context)
+        finally:
+            _events.TimerHandle = original
 
 
 def run_program(prog, loop_factory):

@@ -38,15 +38,16 @@ def main():
         @given(prog=programs.programs())
         def one(prog):
             count[0] += 1
-            difference = programs.compare(prog, asyncio.SelectorEventLoop,
+            difference = programs.compare(prog, programs.FifoSelectorEventLoop,
                                           ferroloop.new_event_loop)
             assert difference is None, difference
 
         try:
             one()
         except AssertionError as e:
+            notes = '\n'.join(getattr(e, '__notes__', ()))
             print(f'fuzz: DIFFERENCE after {count[0]} programs (round seed {first_seed + rounds}):'
-                  f'\n{e}', flush=True)
+                  f'\n{e}\n{notes}', flush=True)
             return 1
         rounds += 1
         print(f'fuzz: {count[0]} programs, no difference', flush=True)

@@ -23,7 +23,7 @@ def ferroloop_factory():
 
 
 def assert_same(prog):
-    difference = programs.compare(prog, asyncio.SelectorEventLoop, ferroloop_factory)
+    difference = programs.compare(prog, programs.FifoSelectorEventLoop, ferroloop_factory)
     assert difference is None, f'{difference}\nprogram: {prog!r}'
 
 
