@@ -29,6 +29,7 @@ define: they are compared as a multiset at the end.
 """
 
 import asyncio
+import contextvars
 import gc
 import itertools
 import logging
@@ -49,6 +50,10 @@ EXC_KINDS = ('ValueError', 'KeyError', 'Custom', 'Handler')  # Handler: the hand
 BASE_EXC_KINDS = ('KeyboardInterrupt', 'SystemExit')
 
 
+def _leaf_body():
+    return st.lists(st.tuples(st.just('raise'), st.sampled_from(EXC_KINDS)), max_size=1)
+
+
 def _bodies(depth):
     """A callback body: a list of effects run by the callback, in order."""
     simple = st.one_of(
@@ -58,6 +63,10 @@ def _bodies(depth):
         st.tuples(st.just('cancel_task'), st.integers(0, 3), st.booleans()),
         st.tuples(st.just('raise'), st.sampled_from(EXC_KINDS)),
         st.tuples(st.just('stop')),
+        st.tuples(st.just('ctx_set'), st.integers(0, 9)),
+        st.tuples(st.just('done_cb'), st.integers(0, 3)),
+        st.tuples(st.just('remove_done_cb'), st.integers(0, 3)),
+        st.tuples(st.just('threadsafe'), _leaf_body()),
         st.tuples(st.just('reenter'), st.sampled_from(('run_until_complete', 'run_forever'))),
     )
     rare = st.tuples(st.just('base_raise'), st.sampled_from(BASE_EXC_KINDS))
@@ -73,6 +82,7 @@ def _schedule(depth):
     body = _bodies(depth)
     return st.one_of(
         st.tuples(st.just('soon'), body),
+        st.tuples(st.just('soon_ctx'), body),
         st.tuples(st.just('at'), st.integers(-3, -1), body),
         st.tuples(st.just('later0'), body),
     )
@@ -148,6 +158,8 @@ def programs():
         st.tuples(st.just('timers'), _sync_actions(True)),
         st.tuples(st.just('threads'), _thread_step()),
         st.tuples(st.just('io'), _io_step()),
+        st.tuples(st.just('executor'), st.lists(st.integers(-2, 5), min_size=1, max_size=4)),
+        st.tuples(st.just('debug'), st.booleans()),
     )
     return st.lists(step, min_size=1, max_size=4)
 
@@ -181,8 +193,14 @@ KNOWN_DIFFERENCES = (
 )
 
 
+_WHEN = re.compile(r'when=[-+0-9.e]+')
+_LOOPNAME = re.compile(r'<\w+ running=')
+CV = contextvars.ContextVar('cv')
+
+
 def norm(text):
     text = _TASKNAME.sub('Task-N', _ADDR.sub(' at 0x?', str(text)))
+    text = _LOOPNAME.sub('<LOOP running=', _WHEN.sub('when=?', text))
     for pattern, replacement in KNOWN_DIFFERENCES:
         text = pattern.sub(replacement, text)
     return text
@@ -212,6 +230,8 @@ class _LogCapture(logging.Handler):
 
     def emit(self, record):
         exc = record.exc_info[1] if record.exc_info else None
+        if record.msg.startswith('Executing %s took'):
+            return  # debug mode's slow-callback warning: timing
         self.runner.event('log', record.levelname, norm(record.getMessage()), exc_info(exc))
 
 
@@ -231,6 +251,7 @@ class Runner:
         self.futures = []
         self.tasks = []
         self.counter = 0
+        self.ctx = contextvars.copy_context()
         self.running = None      # index of the handle whose callback runs now
         self.self_cancelled = []  # handles cancelled by their own callback
         self.base = 0.0
@@ -278,6 +299,10 @@ class Runner:
         cb = self.callback
         if kind == 'soon':
             h = self.loop.call_soon(cb, idx, cid, body, None)
+        elif kind == 'soon_ctx':  # all in one shared context: ctx_set effects are seen by later ones
+            h = self.loop.call_soon(cb, idx, cid, body, None, context=self.ctx)
+        elif kind == 'threadsafe':  # from the loop's own thread
+            h = self.loop.call_soon_threadsafe(cb, idx, cid, body, None)
         elif kind == 'at':
             key = ('at', action[1])
             h = self.loop.call_at(self.base + action[1] * 0.001, cb, idx, cid, body, key)
@@ -290,6 +315,7 @@ class Runner:
             h = self.loop.call_at(when, cb, idx, cid, body, key)
         else:
             raise AssertionError(kind)
+        self.event('scheduled', cid, norm(repr(h)))
         self.handles.append(h)
         self.handle_state[idx] = 'pending'
         return h
@@ -297,7 +323,7 @@ class Runner:
     def callback(self, idx, cid, body, key):
         self.running = idx
         self.handle_state[idx] = 'done'
-        self.event('cb', cid, key)
+        self.event('cb', cid, key, CV.get(None))
         self.effects(body, cid)
 
     def effects(self, body, where):
@@ -315,6 +341,19 @@ class Runner:
                 raise _make_exc(eff[1], where)
             elif kind == 'base_raise':
                 raise _make_exc(eff[1], where)
+            elif kind in ('soon_ctx', 'threadsafe'):
+                self.schedule(eff, f'{where}/{n}')
+            elif kind == 'ctx_set':
+                CV.set(eff[1])
+            elif kind == 'done_cb':
+                if self.futures:
+                    k = eff[1] % len(self.futures)
+                    self.futures[k].add_done_callback(self.done_callback)
+            elif kind == 'remove_done_cb':
+                if self.futures:
+                    k = eff[1] % len(self.futures)
+                    self.event('removed', k,
+                               self.futures[k].remove_done_callback(self.done_callback))
             elif kind == 'stop':
                 self.loop.stop()
             elif kind == 'reenter':
@@ -327,10 +366,18 @@ class Runner:
             else:
                 raise AssertionError(kind)
 
+    def done_callback(self, fut):
+        k = next(i for i, f in enumerate(self.futures) if f is fut)
+        self.event('done_callback', k, outcome(fut), CV.get(None))
+
     def cancel_handle(self, k):
         if not self.handles:
             return
         idx = k % len(self.handles)
+        if self.handle_state[idx] == 'pending':
+            # (README: once its callback has run — or started — a ferroloop handle's repr no
+            # longer names the callback)
+            self.event('before_cancel', idx, norm(repr(self.handles[idx])))
         if idx == self.running:
             self.self_cancelled.append(self.handles[idx])
         self.handles[idx].cancel()
@@ -616,6 +663,17 @@ class Runner:
         except BaseException as e:
             self.event('io_misuse', misuse, exc_info(e))
 
+    async def step_executor(self, values):
+        def work(v):
+            if v < 0:
+                raise ValueError(f'work {v}')
+            return v * 10
+
+        futs = [self.loop.run_in_executor(None, work, v) for v in values]
+        self.event('executor', [outcome(f) for f in futs])
+        res = await asyncio.gather(*futs, return_exceptions=True)
+        self.event('executor', [exc_info(r) if isinstance(r, BaseException) else r for r in res])
+
     async def program(self, prog):
         self.loop.set_exception_handler(self.handler)
         for si, (kind, payload) in enumerate(prog):
@@ -626,6 +684,10 @@ class Runner:
                 await self.step_sync(si, payload, True)
             elif kind == 'threads':
                 await self.step_threads(si, payload)
+            elif kind == 'executor':
+                await self.step_executor(payload)
+            elif kind == 'debug':
+                self.loop.set_debug(payload)
             elif kind == 'io':
                 await self.step_io(si, payload)
         return 'end'
@@ -709,6 +771,8 @@ class _FifoTimerHandle(_events.TimerHandle):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        if self._source_traceback:
+            del self._source_traceback[-1]  # this frame (debug mode)
         self._seq = next(self._counter)
 
     def __lt__(self, other):
@@ -731,9 +795,12 @@ class FifoSelectorEventLoop(asyncio.SelectorEventLoop):
         original = _events.TimerHandle
         _events.TimerHandle = _FifoTimerHandle
         try:
-            return super().call_at(when, callback, *args, context=context)
+            timer = super().call_at(when, callback, *args, context=context)
         finally:
             _events.TimerHandle = original
+        if timer._source_traceback:
+            del timer._source_traceback[-1]  # this frame: debug reprs name the caller's
+        return timer
 
 
 def run_program(prog, loop_factory):
