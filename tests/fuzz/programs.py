@@ -187,9 +187,9 @@ _TASKNAME = re.compile(r"Task-\d+")
 # Differences found and reported, not yet fixed in the Rust core: masked in both traces so that
 # fuzzing goes on finding new ones. (pattern, replacement)
 KNOWN_DIFFERENCES = (
-    # Argument errors of the Rust call_soon name its class: "LoopCore.call_soon() got an
+    # Argument errors of the Rust methods name their class: "LoopCore.call_soon() got an
     # unexpected keyword argument 'foo'" (asyncio: "BaseEventLoop.call_soon() ...").
-    (re.compile(r'\bLoopCore\.call_soon\(\)'), 'BaseEventLoop.call_soon()'),
+    (re.compile(r'\bLoopCore\.(\w+)\(\)'), r'BaseEventLoop.\1()'),
 )
 
 

@@ -1,7 +1,7 @@
 """Differential fuzzing: random programs of loop operations (programs.py) must leave the same trace
 on ferroloop as on asyncio's own loop.
 
-This file runs a fixed-seed slice (FERROLOOP_FUZZ_EXAMPLES programs, 40 by default) with every
+This file runs a fixed-seed slice (FERROLOOP_FUZZ_EXAMPLES programs, 30 by default) with every
 pytest run; `make fuzz SECONDS=600` runs new random programs for as long as asked (run.py). The
 regression tests below are programs that once differed.
 """
@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 
 import programs
 
-EXAMPLES = int(os.environ.get('FERROLOOP_FUZZ_EXAMPLES', '40'))
+EXAMPLES = int(os.environ.get('FERROLOOP_FUZZ_EXAMPLES', '30'))
 
 
 def ferroloop_factory():
@@ -54,6 +54,16 @@ def test_random_programs_same_trace_as_asyncio(prog):
     # due timers after the callbacks already queued, by deadline, whatever the scheduling order
     [('sync', [('later0', []), ('at', -1, []), ('soon', []), ('at', -3, [('at', -3, [])]),
                ('at', -2, [('soon', [])])])],
+    # debug mode: handle reprs name where they were created; contexts carry tracebacks
+    [('debug', True), ('sync', [('at', -1, []), ('later0', [('raise', 'ValueError')]),
+                                ('soon', [('threadsafe', [])])])],
+    # callbacks in one shared context see each other's ContextVar.set(); others do not
+    [('sync', [('soon_ctx', [('ctx_set', 3)]), ('soon_ctx', []),
+               ('soon', [('ctx_set', 4), ('soon', []), ('soon_ctx', [])])])],
+    # done callbacks: added twice, removed, added again, then the future resolved
+    [('sync', [('future',), ('soon', [('done_cb', 0), ('done_cb', 0), ('remove_done_cb', 0),
+                                      ('done_cb', 0), ('resolve', 0, 'result')])])],
+    [('executor', [1, -1, 2])],
     # threads, readers and writers
     [('threads', [[False, True, False], [True]]),
      ('io', {'messages': [b'ab', b'c'], 'writer': True, 'replace_reader': True,
