@@ -64,6 +64,7 @@ def _bodies(depth):
         st.tuples(st.just('raise'), st.sampled_from(EXC_KINDS)),
         st.tuples(st.just('stop')),
         st.tuples(st.just('ctx_set'), st.integers(0, 9)),
+        st.tuples(st.just('call_handler'), st.booleans()),
         st.tuples(st.just('done_cb'), st.integers(0, 3)),
         st.tuples(st.just('remove_done_cb'), st.integers(0, 3)),
         st.tuples(st.just('threadsafe'), _leaf_body()),
@@ -160,6 +161,7 @@ def programs():
         st.tuples(st.just('io'), _io_step()),
         st.tuples(st.just('executor'), st.lists(st.integers(-2, 5), min_size=1, max_size=4)),
         st.tuples(st.just('debug'), st.booleans()),
+        st.tuples(st.just('default_handler'), st.booleans()),
     )
     return st.lists(step, min_size=1, max_size=4)
 
@@ -343,6 +345,11 @@ class Runner:
                 raise _make_exc(eff[1], where)
             elif kind in ('soon_ctx', 'threadsafe'):
                 self.schedule(eff, f'{where}/{n}')
+            elif kind == 'call_handler':
+                context = {'message': f'custom {where}'}
+                if eff[1]:
+                    context['exception'] = KeyError(where)
+                self.loop.call_exception_handler(context)
             elif kind == 'ctx_set':
                 CV.set(eff[1])
             elif kind == 'done_cb':
@@ -688,6 +695,9 @@ class Runner:
                 await self.step_executor(payload)
             elif kind == 'debug':
                 self.loop.set_debug(payload)
+            elif kind == 'default_handler':
+                # asyncio's default handler logs the context (reprs of handles, tasks, futures)
+                self.loop.set_exception_handler(None if payload else self.handler)
             elif kind == 'io':
                 await self.step_io(si, payload)
         return 'end'
