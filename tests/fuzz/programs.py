@@ -200,8 +200,17 @@ _LOOPNAME = re.compile(r'<\w+ running=')
 CV = contextvars.ContextVar('cv')
 
 
+# Debug-mode tracebacks of where a handle was created: asyncio keeps the last 10 frames
+# (DEBUG_STACK_DEPTH), two of which are its own _run_once/Handle._run; ferroloop calls callbacks
+# from Rust, so the same 10 frames reach two further out (README: no `events.py ... in _run` frame).
+_SOURCE_TB = re.compile(r"'source_traceback': \[.*?\]")
+_LOGGED_TB = re.compile(r'\b(source|handle)_traceback: .*?(?=\n[a-z_]+: |\Z)', re.S)
+
+
 def norm(text):
-    text = _TASKNAME.sub('Task-N', _ADDR.sub(' at 0x?', str(text)))
+    text = str(text)
+    text = _LOGGED_TB.sub(r'\1_traceback: ...', _SOURCE_TB.sub("'source_traceback': [...]", text))
+    text = _TASKNAME.sub('Task-N', _ADDR.sub(' at 0x?', text))
     text = _LOOPNAME.sub('<LOOP running=', _WHEN.sub('when=?', text))
     for pattern, replacement in KNOWN_DIFFERENCES:
         text = pattern.sub(replacement, text)

@@ -64,6 +64,11 @@ def test_random_programs_same_trace_as_asyncio(prog):
     [('sync', [('future',), ('soon', [('done_cb', 0), ('done_cb', 0), ('remove_done_cb', 0),
                                       ('done_cb', 0), ('resolve', 0, 'result')])])],
     [('executor', [1, -1, 2])],
+    # the default exception handler's log, in debug mode too, and a handler that fails
+    [('sync', [('future',)]), ('debug', True), ('sync', [('soon', [('raise', 'Handler')])]),
+     ('default_handler', True),
+     ('sync', [('soon', [('raise', 'ValueError'), ('call_handler', True)]),
+               ('task', [('raise', 'KeyError')])])],
     # threads, readers and writers
     [('threads', [[False, True, False], [True]]),
      ('io', {'messages': [b'ab', b'c'], 'writer': True, 'replace_reader': True,
