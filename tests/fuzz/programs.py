@@ -426,9 +426,13 @@ class Runner:
         self.event('cancel_task', k % len(self.tasks), res)
 
     # -- coroutines -------------------------------------------------------------------------
-    def new_task(self, ops, where):
+    def new_task(self, ops, where, root=None):
+        # `root`: the index of the top-level task this one works for. A coroutine awaits only
+        # tasks of a smaller index than its root, so that no two tasks await each other (a cycle
+        # makes cancel() recurse without end, in asyncio as in ferroloop).
         tid = len(self.tasks)
-        task = self.loop.create_task(self.coro(ops, f'{where}t{tid}'), name=f'T{tid}')
+        root = tid if root is None else root
+        task = self.loop.create_task(self.coro(ops, f'{where}t{tid}', root), name=f'T{tid}')
         self.tasks.append(task)
         return task
 
@@ -439,7 +443,7 @@ class Runner:
             return max(0, self.base + 2.75 * UNIT - self.loop.time())
         return {'none': None, 'past': -1, 'far': 1000}[kind]
 
-    async def coro(self, ops, where):
+    async def coro(self, ops, where, root):
         self.event('start', where)
         for n, op in enumerate(ops):
             here = f'{where}:{n}'
@@ -451,7 +455,7 @@ class Runner:
                 delay = self.base + (op[1] + 0.25) * UNIT - self.loop.time()
                 await asyncio.sleep(max(0, delay) if self.timers_allowed else 0)
             elif kind in ('await_fut', 'await_task'):
-                pool = self.futures if kind == 'await_fut' else self.tasks
+                pool = self.futures if kind == 'await_fut' else self.tasks[:root]
                 if not pool:
                     continue
                 target = pool[op[1] % len(pool)]
@@ -471,19 +475,19 @@ class Runner:
             elif kind == 'sched':
                 self.schedule(op[1], here)
             elif kind == 'gather':
-                aws = [self.coro(sub, f'{here}g{i}') for i, sub in enumerate(op[1])]
+                aws = [self.coro(sub, f'{here}g{i}', root) for i, sub in enumerate(op[1])]
                 try:
                     r = await asyncio.gather(*aws, return_exceptions=op[2])
                     self.event('gathered', here, [norm(repr(x)) for x in r])
                 except Exception as e:
                     self.event('gathered', here, exc_info(e))
             elif kind == 'wait':
-                subs = [self.new_task(sub, f'{here}w{i}') for i, sub in enumerate(op[1])]
+                subs = [self.new_task(sub, f'{here}w{i}', root) for i, sub in enumerate(op[1])]
                 done, pending = await asyncio.wait(subs, return_when=op[2])
                 self.event('waited', here, sorted(subs.index(t) for t in done),
                            sorted(subs.index(t) for t in pending))
             elif kind == 'shield':
-                inner = self.new_task(op[1], f'{here}s')
+                inner = self.new_task(op[1], f'{here}s', root)
                 try:
                     r = await asyncio.shield(inner)
                     self.event('shielded', here, norm(repr(r)))
@@ -492,13 +496,13 @@ class Runner:
             elif kind == 'timeout':
                 try:
                     async with asyncio.timeout(self.timeout_value(op[1])):
-                        r = await self.coro(op[2], f'{here}to')
+                        r = await self.coro(op[2], f'{here}to', root)
                     self.event('timeout', here, 'ok', norm(repr(r)))
                 except Exception as e:
                     self.event('timeout', here, exc_info(e))
             elif kind == 'wait_for':
                 try:
-                    r = await asyncio.wait_for(self.coro(op[2], f'{here}wf'),
+                    r = await asyncio.wait_for(self.coro(op[2], f'{here}wf', root),
                                                self.timeout_value(op[1]))
                     self.event('wait_for', here, 'ok', norm(repr(r)))
                 except Exception as e:
