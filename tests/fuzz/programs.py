@@ -31,6 +31,7 @@ define: they are compared as a multiset at the end.
 import asyncio
 import contextvars
 import gc
+import inspect
 import itertools
 import logging
 import re
@@ -43,6 +44,7 @@ from asyncio import events as _events
 from hypothesis import strategies as st
 
 UNIT = 0.02  # seconds between two future deadlines of a `timers` step
+WATCHDOG = 20  # seconds a program may take
 
 # -- the generator ------------------------------------------------------------------------------
 
@@ -170,6 +172,14 @@ def programs():
 
 class Custom(Exception):
     pass
+
+
+# asyncio 3.13.0's run_forever() runs its clean-up even when its set-up failed: a second
+# run_forever() call on a running loop raises RuntimeError *and* resets the running loop's
+# _stopping flag, thread id and running-loop registration, so that it never stops (ferroloop keeps
+# the running loop intact). Not asked of such a Python.
+_REENTRY_RESETS_LOOP = 'try:\n            self._run_forever_setup()' in inspect.getsource(
+    asyncio.base_events.BaseEventLoop.run_forever)
 
 
 def _make_exc(kind, tag):
@@ -372,6 +382,8 @@ class Runner:
                                self.futures[k].remove_done_callback(self.done_callback))
             elif kind == 'stop':
                 self.loop.stop()
+            elif kind == 'reenter' and eff[1] == 'run_forever' and _REENTRY_RESETS_LOOP:
+                self.event('reenter', 'skipped')
             elif kind == 'reenter':
                 fut = self.loop.create_future()
                 try:
@@ -725,6 +737,8 @@ class Runner:
         logger.setLevel(logging.DEBUG)
         try:
             main = loop.create_task(self.program(prog), name='main')
+            # A program that never finishes (on either loop) is cancelled: the traces then say so.
+            watchdog = loop.call_later(WATCHDOG, self.watchdog, main)
             for _ in range(self.MAX_RESTARTS):
                 try:
                     r = loop.run_until_complete(main)
@@ -741,6 +755,7 @@ class Runner:
                     loop.run_until_complete(main)
                 except BaseException:
                     pass
+            watchdog.cancel()
             # what remains queued (a stale stop() of an earlier run_until_complete, too): run it
             # out, then close
             for t in self.tasks:
@@ -763,6 +778,10 @@ class Runner:
             logger.propagate, level = saved
             logger.setLevel(level)
         return self.trace()
+
+    def watchdog(self, main):
+        self.event('watchdog: the program did not finish')
+        main.cancel()
 
     def after_close(self):
         loop = self.loop

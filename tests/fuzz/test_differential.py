@@ -23,6 +23,8 @@ def ferroloop_factory():
 
 
 def assert_same(prog):
+    if os.environ.get('FERROLOOP_FUZZ_VERBOSE'):
+        print(repr(prog), flush=True)
     difference = programs.compare(prog, programs.FifoSelectorEventLoop, ferroloop_factory)
     assert difference is None, f'{difference}\nprogram: {prog!r}'
 
