@@ -253,7 +253,14 @@ class _LogCapture(logging.Handler):
         exc = record.exc_info[1] if record.exc_info else None
         if record.msg.startswith('Executing %s took'):
             return  # debug mode's slow-callback warning: timing
-        self.runner.event('log', record.levelname, norm(record.getMessage()), exc_info(exc))
+        text = norm(record.getMessage())
+        if self.runner.self_cancelled:
+            # the known difference of Runner.handler, as logged by the default handler
+            text = re.sub(r'<(Timer)?Handle cancelled[^>]*>', '<Handle cancelled ...>', text)
+            text = re.sub(r"""(['"])Exception in callback .*?\1(?=, ')""", "'Exception in callback ...'",
+                          text)
+            text = re.sub(r'^Exception in callback .*', 'Exception in callback ...', text, flags=re.M)
+        self.runner.event('log', record.levelname, text, exc_info(exc))
 
 
 class Runner:
