@@ -63,7 +63,7 @@ demo: ## set up from scratch and run the demo: examples on ferroloop + a short t
 .PRECIOUS: .venv/%/.demo
 
 .PHONY: test
-test: services test-rust check-stubs $(addprefix test-py-,$(VERSIONS)) $(addprefix conformance-,$(VERSIONS)) test-soak test-wheel ## everything: cargo tests, stub check, pytest and conformance on $(VERSIONS), 60 s of soak, the 3.11 wheel check
+test: services test-rust check-stubs $(addprefix test-py-,$(VERSIONS)) $(addprefix conformance-,$(VERSIONS)) test-soak test-wheel ## everything: cargo tests, stub check, pytest and conformance on $(VERSIONS), 150 s of soak, the 3.11 wheel check
 	@echo "make test: all suites passed"
 
 # --- suites -------------------------------------------------------------------------------------
@@ -115,8 +115,8 @@ SECONDS ?= 600
 soak: .venv/$(V)/.built ## mixed load on ferroloop for SECONDS (default 600), RSS and fds sampled every second (tools/soak.py)
 	$(PYTHON) tools/soak.py --seconds $(SECONDS)
 
-test-soak: .venv/$(V)/.built ## 60 seconds of soak (what make test runs)
-	$(PYTHON) tools/soak.py --seconds 60
+test-soak: .venv/$(V)/.built ## 150 s of soak, judged after 90 s of warm-up (what make test runs)
+	$(PYTHON) tools/soak.py --seconds 150 --warmup 90
 
 .PHONY: bench
 bench: bench-deps ## the benchmark suite: asyncio, uvloop, rloop, rsloop and ferroloop side by side (release build); ARGS=--quick etc.
@@ -145,6 +145,10 @@ bench-memory: bench-deps ## memory per idle connection (10,000 Protocol and stre
 
 bench-transfer: bench-deps ## 1 GiB one-way TLS transfer into each loop and a plain-Rust TLS server (same cipher); ARGS=--quick etc.
 	.venv/3.11/bin/python bench/echo/transfer.py --markdown $(ARGS)
+
+.PHONY: fuzz
+fuzz: .venv/$(V)/.built ## differential fuzzing against asyncio for SECONDS (default 60) on V: random programs, traces compared
+	$(PYTHON) tests/fuzz/run.py --seconds $(if $(filter command line environment,$(origin SECONDS)),$(SECONDS),60)
 
 .PHONY: check-stubs
 check-stubs: .venv/$(V)/.built ## check python/ferroloop/_ferroloop.pyi against the compiled module (mypy stubtest)

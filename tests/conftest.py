@@ -6,9 +6,21 @@ a test whose ``[ferroloop]`` variant fails is a ferroloop bug.
 
 ``import ferroloop`` happens lazily inside the fixture, so an unbuildable extension makes the
 ``[ferroloop]`` variants *fail* (never skip) while the ``[asyncio]`` variants still run.
+
+Every test is strict, on both loops (in the spirit of uvloop's ``_testbase.BaseTestCase.tearDown``):
+after the test, its ``loop`` closed and a garbage collection, it fails when
+
+- a loop's exception handler was called (``call_exception_handler``, on any loop) and the test is
+  not marked ``@pytest.mark.expect_exception_handler``;
+- a file descriptor opened during the test is still open (a leaked socket, transport, server,
+  pipe or unclosed loop);
+- a ResourceWarning was emitted and not caught by the test itself ("unclosed transport",
+  "unclosed event loop", "unclosed <socket ...>", ...).
 """
 
 import asyncio
+import functools
+import gc
 import inspect
 import os
 import re
@@ -16,7 +28,9 @@ import socket
 import subprocess
 import sys
 import textwrap
-from asyncio import format_helpers
+import time
+import warnings
+from asyncio import base_events, format_helpers
 
 import pytest
 
@@ -62,6 +76,7 @@ class FerroloopFlavor(Flavor):
         import ferroloop  # noqa: PLC0415 - lazy on purpose, see the module docstring
 
         self.module = ferroloop
+        _record_handler_calls(ferroloop.Loop)
         self.loop_cls = ferroloop.Loop
         self.policy_cls = ferroloop.EventLoopPolicy
 
@@ -74,6 +89,102 @@ class FerroloopFlavor(Flavor):
 
 def make_flavor(name):
     return AsyncioFlavor() if name == 'asyncio' else FerroloopFlavor()
+
+
+# -- strictness ---------------------------------------------------------------------------------
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        'markers', 'expect_exception_handler: the test makes a loop call its exception handler on '
+        'purpose (without it, any call_exception_handler() during the test fails the test)')
+
+
+# Contexts given to call_exception_handler() on any loop while a test runs, summarised as text (a
+# reference to the exception would keep its traceback, and the loop, alive past the test).
+_handler_calls = []
+
+
+def _summarise_context(context):
+    exc = context.get('exception')
+    text = repr(context.get('message'))
+    if exc is not None:
+        text += f' exception={type(exc).__name__}: {exc}'
+    return text
+
+
+def _record_handler_calls(cls):
+    """Wrap cls.call_exception_handler (once) so every call is recorded in _handler_calls."""
+    original = cls.__dict__.get('call_exception_handler')
+    if original is None or getattr(original, '_strict_recorder', False):
+        return
+
+    @functools.wraps(original)
+    def call_exception_handler(self, context):
+        _handler_calls.append(_summarise_context(context))
+        return original(self, context)
+
+    call_exception_handler._strict_recorder = True
+    cls.call_exception_handler = call_exception_handler
+
+
+def _open_fds():
+    return set(os.listdir('/proc/self/fd'))
+
+
+def _describe_fds(fds):
+    out = []
+    for fd in sorted(fds, key=int):
+        try:
+            out.append(f'{fd} -> {os.readlink(f"/proc/self/fd/{fd}")}')
+        except OSError:
+            out.append(f'{fd} -> (closed meanwhile)')
+    return ', '.join(out)
+
+
+@pytest.fixture(autouse=True)
+def _strict(request):
+    """Fail the test on unexpected exception-handler calls, leaked fds and ResourceWarnings.
+
+    Autouse, so it is set up before (and torn down after) the test's other fixtures: the `loop`
+    fixture has closed its loop and `pair` its sockets when the checks run.
+    """
+    _record_handler_calls(base_events.BaseEventLoop)
+    if 'ferroloop' in sys.modules:
+        _record_handler_calls(sys.modules['ferroloop'].Loop)
+    gc.collect()
+    fds_before = _open_fds()
+    del _handler_calls[:]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always', ResourceWarning)
+        yield
+        # The objects a test dropped: collected here, so that their ResourceWarnings and
+        # "Task was destroyed but it is pending!" reports are attributed to this test.
+        for _ in range(3):
+            gc.collect()
+        leaked = _open_fds() - fds_before
+        deadline = time.monotonic() + 1.0
+        while leaked and time.monotonic() < deadline:
+            # an executor or test thread may still be closing its socket
+            time.sleep(0.02)
+            gc.collect()
+            leaked = _open_fds() - fds_before
+    calls, _handler_calls[:] = _handler_calls[:], []
+    resource_warnings = [w for w in caught if issubclass(w.category, ResourceWarning)]
+    for w in caught:  # everything else goes on to pytest's own warning capture
+        if not issubclass(w.category, ResourceWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    problems = []
+    if calls and request.node.get_closest_marker('expect_exception_handler') is None:
+        problems.append('the exception handler was called (mark the test '
+                        '@pytest.mark.expect_exception_handler if it should be):\n    '
+                        + '\n    '.join(calls))
+    if leaked:
+        problems.append(f'file descriptors leaked: {_describe_fds(leaked)}')
+    if resource_warnings:
+        problems.append('ResourceWarning:\n    ' + '\n    '.join(
+            f'{w.filename}:{w.lineno}: {w.message}' for w in resource_warnings))
+    if problems:
+        pytest.fail('strict checks failed:\n  ' + '\n  '.join(problems), pytrace=False)
 
 
 @pytest.fixture(params=FLAVORS)

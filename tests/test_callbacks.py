@@ -557,6 +557,7 @@ def test_calls_on_closed_loop(loop, method):
         getattr(loop, method)(*args, cb)
 
 
+@pytest.mark.expect_exception_handler
 def test_non_callable_callback_without_debug(loop):
     # outside debug mode asyncio doesn't check the callback: the TypeError happens when it runs and
     # goes to the exception handler
@@ -573,6 +574,7 @@ def test_non_callable_callback_without_debug(loop):
     assert ctx['handle'] is h
 
 
+@pytest.mark.expect_exception_handler
 def test_coroutine_passed_to_call_soon_without_debug(loop):
     async def coro_func():
         pass
@@ -629,6 +631,7 @@ def test_call_soon_unknown_keyword(loop):
         loop.call_soon(cb, foo=1)
 
 
+@pytest.mark.expect_exception_handler
 def test_handle_run_directly(loop):
     calls = []
     contexts = []
@@ -692,6 +695,7 @@ def test_current_handle_in_debug_mode(loop):
     assert loop._current_handle is None
 
 
+@pytest.mark.expect_exception_handler
 def test_stop_and_exception_in_same_callback(loop):
     contexts = []
     loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))

@@ -39,7 +39,8 @@ def _run(args, timeout=30):
 
 def test_examples_exist():
     assert len(NAMES) >= 10
-    readme = open(os.path.join(EXAMPLES, 'README.md')).read()
+    with open(os.path.join(EXAMPLES, 'README.md')) as f:
+        readme = f.read()
     for name in NAMES + ['demo.py']:
         assert f'({name})' in readme, f'{name} is not listed in examples/README.md'
 

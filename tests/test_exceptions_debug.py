@@ -44,6 +44,7 @@ def test_set_exception_handler_not_callable(loop):
         loop.set_exception_handler('x')
 
 
+@pytest.mark.expect_exception_handler
 def test_exception_in_callback_goes_to_handler_and_loop_continues(loop):
     contexts = []
     calls = []
@@ -69,6 +70,7 @@ def test_exception_in_callback_goes_to_handler_and_loop_continues(loop):
     assert ctx['message'] == f'Exception in callback {fmt_cb(failing, ("timer",))}'
 
 
+@pytest.mark.expect_exception_handler
 def test_exception_traceback_contains_callback_frame(loop):
     contexts = []
     loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
@@ -83,6 +85,7 @@ def test_exception_traceback_contains_callback_frame(loop):
     assert names[-1] == 'failing'
 
 
+@pytest.mark.expect_exception_handler
 def test_default_exception_handler_logs_callback_exception(loop, caplog):
     h = loop.call_soon(failing)
     h_repr = repr(h)
@@ -99,6 +102,7 @@ def test_default_exception_handler_logs_callback_exception(loop, caplog):
     assert str(rec.exc_info[1]) == 'boom'
 
 
+@pytest.mark.expect_exception_handler
 def test_call_exception_handler_default_logging(loop, caplog):
     exc = KeyError('key')
     loop.call_exception_handler({'message': 'Custom message', 'exception': exc, 'zeta': 1, 'alpha': 'a'})
@@ -121,6 +125,7 @@ def test_default_exception_handler_direct_call(loop, caplog):
     assert [r.getMessage() for r in asyncio_records(caplog)] == ['direct']
 
 
+@pytest.mark.expect_exception_handler
 def test_custom_handler_calls_default(loop, caplog):
     def handler(lp, ctx):
         lp.default_exception_handler({**ctx, 'message': 'wrapped: ' + ctx['message']})
@@ -135,6 +140,7 @@ def test_custom_handler_calls_default(loop, caplog):
         f'wrapped: Exception in callback {fmt_cb(failing, ())}\nhandle: {h_repr}']
 
 
+@pytest.mark.expect_exception_handler
 def test_error_in_custom_exception_handler(loop, caplog):
     def handler(lp, ctx):
         raise RuntimeError('handler broke')
@@ -151,6 +157,7 @@ def test_error_in_custom_exception_handler(loop, caplog):
     assert records[0].exc_info[0] is RuntimeError
 
 
+@pytest.mark.expect_exception_handler
 def test_exception_handler_context_of_callback(loop):
     # 3.12+: a custom handler runs in the context of the failing handle; 3.11: in the caller's
     seen = []
@@ -169,6 +176,7 @@ def test_exception_handler_context_of_callback(loop):
     assert seen == (['callback value'] if sys.version_info >= (3, 12) else ['default'])
 
 
+@pytest.mark.expect_exception_handler
 def test_exception_in_task_reaches_handler_when_not_retrieved(loop):
     contexts = []
     loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
@@ -370,6 +378,7 @@ def test_source_traceback(loop):
         assert repr(h).endswith(f' created at {__file__}:{line + i}>'), repr(h)
 
 
+@pytest.mark.expect_exception_handler
 def test_source_traceback_in_exception_context_and_log(loop, caplog):
     loop.set_debug(True)
     h = loop.call_soon(failing); line = lineno()  # noqa: E702
@@ -385,6 +394,7 @@ def test_source_traceback_in_exception_context_and_log(loop, caplog):
     assert msg.rstrip().endswith('h = loop.call_soon(failing); line = lineno()  # noqa: E702')
 
 
+@pytest.mark.expect_exception_handler
 def test_source_traceback_context_key(loop):
     loop.set_debug(True)
     contexts = []
@@ -396,6 +406,7 @@ def test_source_traceback_context_key(loop):
     assert contexts[0]['source_traceback'] is h._source_traceback
 
 
+@pytest.mark.expect_exception_handler
 def test_handle_traceback_of_current_handle(loop, caplog):
     loop.set_debug(True)
 
@@ -412,6 +423,7 @@ def test_handle_traceback_of_current_handle(loop, caplog):
     assert f'File "{__file__}", line {line}, in test_handle_traceback_of_current_handle' in msgs[0]
 
 
+@pytest.mark.expect_exception_handler
 def test_no_handle_traceback_outside_callbacks(loop, caplog):
     loop.set_debug(True)
     loop.call_soon(loop.stop)
@@ -504,6 +516,7 @@ def test_stop_flag_reset_after_base_exception(loop):
 
 
 @pytest.mark.parametrize('exc_type', [SystemExit, KeyboardInterrupt])
+@pytest.mark.expect_exception_handler
 def test_base_exception_in_exception_handler_propagates(loop, exc_type):
     def handler(lp, ctx):
         raise exc_type
@@ -515,6 +528,7 @@ def test_base_exception_in_exception_handler_propagates(loop, exc_type):
     assert not loop.is_running()
 
 
+@pytest.mark.expect_exception_handler
 def test_exception_handler_gets_timer_handle_with_args(loop):
     contexts = []
     loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))

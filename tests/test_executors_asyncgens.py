@@ -288,6 +288,7 @@ def test_asyncgen_garbage_collected_while_running_is_finalized_on_loop(loop):
     assert loop.run_until_complete(main()) == [('finalized', True)]
 
 
+@pytest.mark.expect_exception_handler
 def test_shutdown_asyncgens_error_reaches_handler(loop):
     contexts = []
     loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))

@@ -417,6 +417,7 @@ def test_cancelled_handle_removes_registration(loop, pair):
     assert not fd_registered(loop, a.fileno())
 
 
+@pytest.mark.expect_exception_handler
 def test_reader_callback_exception(loop, pair):
     """An exception in a reader goes to the exception handler; the reader stays registered and,
     level-triggered, runs again."""

@@ -118,6 +118,7 @@ def test_write_bad_arguments_and_order(loop):
     h.finish()
 
 
+@pytest.mark.expect_exception_handler
 def test_non_contiguous_memoryview_is_a_fatal_write_error(loop):
     h, a, b = setup(loop)
 
@@ -166,6 +167,7 @@ def test_large_writes_buffer_in_order(loop):
     h.finish()
 
 
+@pytest.mark.expect_exception_handler
 def test_data_received_error_reaches_handler_and_closes(loop):
     h, a, b = setup(loop)
     boom = ValueError('boom')
@@ -192,9 +194,11 @@ def test_data_received_error_reaches_handler_and_closes(loop):
 @pytest.mark.parametrize('exc_type', [KeyboardInterrupt, SystemExit])
 def test_data_received_base_exceptions_propagate(loop, pair, exc_type):
     a, b = pair
+    made = []
 
     async def main():
         tr, proto = await connect(loop, a, lambda: Recorder(loop, fail=exc_type()))
+        made.append((tr, proto))
         await loop.sock_sendall(b, b'x')
         await asyncio.sleep(10)
 
@@ -203,6 +207,11 @@ def test_data_received_base_exceptions_propagate(loop, pair, exc_type):
     for task in asyncio.all_tasks(loop):
         task.cancel()
     loop.run_until_complete(asyncio.sleep(0))
+    # the BaseException left the transport open: close it as its owner would
+    tr, proto = made[0]
+    assert not tr.is_closing()
+    tr.close()
+    loop.run_until_complete(proto.lost)
 
 
 @pytest.mark.parametrize('keep_open', [None, True])
@@ -377,6 +386,7 @@ def _raise_key_error():
     (lambda: b'read-only', 'Fatal read error on socket transport', TypeError),
     (lambda: bytearray(10), 'Fatal error: protocol.buffer_updated() call failed.', ValueError),
 ], ids=['raises', 'empty', 'none', 'read-only', 'buffer-updated-raises'])
+@pytest.mark.expect_exception_handler
 def test_buffered_protocol_errors(loop, get_buffer, message, exc_type):
     h, a, b = setup(loop)
 

@@ -248,7 +248,7 @@ def test_prometheus_example_serves_metrics():
         port = s.getsockname()[1]
     proc = subprocess.Popen(
         [sys.executable, os.path.join(ROOT, 'examples', 'telemetry', 'prometheus_aiohttp.py'),
-         '--port', str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+         '--port', str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -273,6 +273,7 @@ def test_prometheus_example_serves_metrics():
     finally:
         proc.terminate()
         proc.wait(10)
+        proc.stderr.close()
 
 
 @pytest.mark.timeout(60)

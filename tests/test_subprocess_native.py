@@ -363,6 +363,7 @@ def test_read_pipe_pause_resume(loop, errors):
     assert errors == []
 
 
+@pytest.mark.expect_exception_handler
 def test_read_pipe_error_in_data_received_goes_to_handler(loop, errors):
     r, w = os.pipe()
 

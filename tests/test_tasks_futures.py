@@ -316,6 +316,7 @@ def test_eager_start(loop):
         assert order == []
 
 
+@pytest.mark.expect_exception_handler
 def test_task_exception_never_retrieved_logged(loop, caplog):
     import gc
 

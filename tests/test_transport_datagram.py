@@ -179,6 +179,7 @@ def test_unix_datagram_paths(loop, abstract, errors):
     assert errors == []
 
 
+@pytest.mark.expect_exception_handler
 def test_socketpair_sendto_without_address(loop, flavor, errors):
     # Both ends unnamed: the receiver sees address None. ferroloop (as uvloop) sends to the
     # connected peer; asyncio's transport calls sock.sendto(data, None): a fatal TypeError.
@@ -405,6 +406,7 @@ def test_close_inside_datagram_received_stops_delivery(loop, errors):
     assert errors == []
 
 
+@pytest.mark.expect_exception_handler
 def test_error_in_datagram_received_goes_to_handler(loop, errors):
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
 

@@ -414,6 +414,7 @@ def test_writing_inside_resume_writing_and_raising_limits_inside_pause_writing(h
     assert h.errors == []
 
 
+@pytest.mark.expect_exception_handler
 def test_pause_writing_failure_goes_to_the_exception_handler(h, tmp_path):
     loop = h.loop
 
@@ -617,6 +618,7 @@ def test_reset_in_the_middle_of_a_buffered_write(h, tmp_path):
     assert h.errors == []   # OSErrors are not reported to the exception handler
 
 
+@pytest.mark.expect_exception_handler
 def test_error_in_data_received_is_fatal_with_asyncios_context(h, tmp_path):
     loop = h.loop
     exc = ValueError('bad data')
@@ -645,6 +647,7 @@ def test_error_in_data_received_is_fatal_with_asyncios_context(h, tmp_path):
     assert sp.events == ['made', 'data', ('lost', 'ValueError')]
 
 
+@pytest.mark.expect_exception_handler
 def test_error_in_eof_received_is_fatal(h, tmp_path):
     loop = h.loop
     exc = KeyError('eof')
@@ -747,6 +750,7 @@ def test_buffered_protocol_echo(h, family, tmp_path):
     assert h.errors == []
 
 
+@pytest.mark.expect_exception_handler
 def test_empty_get_buffer_is_fatal(h, tmp_path):
     loop = h.loop
 

@@ -14,8 +14,8 @@ Load, all on loopback, all in this process (clients and servers on the same loop
 
 Every second it samples the process's resident memory (RSS) and open fds. It passes when there
 was no error (no exception in any task, nothing reached the loop's exception handler, every echo
-matched) and both RSS and fds are flat after warm-up: over the second half of the run, the last
-quarter of the samples is at most 2 % above the first quarter (RSS by median, fds by maximum, as the
+matched) and both RSS and fds are flat after warm-up: over the samples after `--warmup` seconds
+(without it, the second half of the run), the last quarter is at most 2 % above the first quarter (RSS by median, fds by maximum, as the
 number of fds in use moves with the connection churn). Prints a summary; exits 1 on failure.
 """
 
@@ -284,9 +284,10 @@ class Soak:
         self.elapsed = time.monotonic() - t0
 
 
-def growth(samples, key, agg):
-    """Growth over the second half: its last quarter vs its first quarter."""
-    half = samples[len(samples) // 2:]
+def growth(samples, key, agg, warmup=0.0):
+    """Growth after warm-up (the samples from `warmup` seconds on, or without one the second
+    half of the run): its last quarter vs its first quarter."""
+    half = [x for x in samples if x[0] >= warmup] if warmup else samples[len(samples) // 2:]
     w = max(3, len(half) // 4)
     if len(half) < 2 * w:
         return None, None, None
@@ -298,6 +299,8 @@ def growth(samples, key, agg):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--seconds', type=float, default=600)
+    ap.add_argument('--warmup', type=float, default=0,
+                    help='seconds of warm-up not judged (default: the first half of the run)')
     ap.add_argument('--connections', type=int, default=32,
                     help='client connections per stream family (TCP, Unix); TLS and UDP get 1/8')
     ap.add_argument('--churn', type=int, default=20, help='round trips per connection')
@@ -322,8 +325,10 @@ def main():
         loop.close()
 
     s = soak.samples
-    rss = growth(s, 1, statistics.median)
-    fds = growth(s, 2, max)
+    if not 0 <= args.warmup < args.seconds:
+        ap.error('--warmup must be at least 0 and less than --seconds')
+    rss = growth(s, 1, statistics.median, args.warmup)
+    fds = growth(s, 2, max, args.warmup)
     summary = {
         'loop': args.loop,
         'python': sys.version.split()[0],
@@ -347,9 +352,9 @@ def main():
         failures.append('run too short to judge growth (needs at least 12 samples)')
     else:
         if rss[2] > GROWTH_LIMIT:
-            failures.append(f'RSS grew {100 * rss[2]:.2f} % over the second half')
+            failures.append(f'RSS grew {100 * rss[2]:.2f} % after warm-up')
         if fds[2] > GROWTH_LIMIT:
-            failures.append(f'open fds grew {100 * fds[2]:.2f} % over the second half')
+            failures.append(f'open fds grew {100 * fds[2]:.2f} % after warm-up')
     if soak.fds_after != soak.fds_before:
         failures.append(f'{soak.fds_after - soak.fds_before} fds left open after shutdown')
     for key in ('tcp_roundtrips', 'unix_roundtrips', 'tls_roundtrips', 'udp_roundtrips',
