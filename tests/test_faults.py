@@ -360,6 +360,7 @@ def test_half_close_eof_received_return_values(loop, family, ret):
 
 
 @pytest.mark.parametrize('family', FAMILIES)
+@pytest.mark.expect_exception_handler
 def test_half_close_eof_received_raises(loop, family):
     """eof_received raising: asyncio's 'Fatal error: protocol.eof_received() call failed.' reaches
     the exception handler and the transport is closed with that exception."""
@@ -508,6 +509,7 @@ def test_udp_icmp_errors_then_recovery(loop, family):
     h.finish()
 
 
+@pytest.mark.expect_exception_handler
 def test_udp_error_received_raising(loop):
     """error_received itself raising: asyncio's datagram transport lets it propagate out of the
     read callback, so the exception handler gets it as an 'Exception in callback'; the endpoint
