@@ -269,6 +269,8 @@ def test_mutating_a_written_bytearray_does_not_change_what_is_sent(h, tmp_path):
         assert ctr.get_write_buffer_size() > 0
         if PY312:
             # asyncio 3.12+ keeps a view of the bytearray: its later content is sent
+            ctr.abort()
+            await shut(srv, str_)
             return None
         big[-1:] = b'Z'
         str_.resume_reading()
