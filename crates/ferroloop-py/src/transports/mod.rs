@@ -35,8 +35,8 @@ mod pipe;
 mod process;
 mod sockio;
 mod sockops;
-mod tls;
 mod stream;
+mod tls;
 
 use pyo3::ffi;
 use pyo3::intern;
