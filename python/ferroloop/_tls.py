@@ -534,23 +534,12 @@ class SSLProtocol(_ferroloop.TlsProtocol, protocols.BufferedProtocol):
 SSLProtocol.__module__ = _sslproto.__name__
 
 
-def _rebind(func, **names):
-    """``func`` with module globals in which ``names`` replace the module's own."""
-    glob = dict(func.__globals__, **names)
-    new = types.FunctionType(func.__code__, glob, func.__name__, func.__defaults__,
-                             func.__closure__)
-    new.__kwdefaults__ = func.__kwdefaults__
-    new.__qualname__ = func.__qualname__
-    new.__doc__ = func.__doc__
-    return new
-
-
 # `sslproto` as asyncio's functions see it: the module, with SSLProtocol replaced.
 _sslproto_view = types.SimpleNamespace(**vars(_sslproto))
 _sslproto_view.SSLProtocol = SSLProtocol
 
-make_ssl_transport = _rebind(
+make_ssl_transport = _transports.rebind(
     _selector_events.BaseSelectorEventLoop._make_ssl_transport,
     sslproto=_sslproto_view,
     _SelectorSocketTransport=_transports._SelectorSocketTransport)
-start_tls = _rebind(_base_events.BaseEventLoop.start_tls, sslproto=_sslproto_view)
+start_tls = _transports.rebind(_base_events.BaseEventLoop.start_tls, sslproto=_sslproto_view)

@@ -14,10 +14,9 @@ Memory: an instance has ``__slots__`` (no ``__dict__``); ``get_extra_info('socke
 'peername')`` is filled on first use (or when the connection is lost, while the socket is still
 open, so later calls give what asyncio gives).
 
-``make_socket_transport`` and ``make_ssl_transport`` are asyncio's own
-``_make_socket_transport``/``_make_ssl_transport`` functions re-bound to globals that name this
-class, so they build it with exactly the stdlib's steps for the running version (the SSL one
-wraps it in asyncio's ``SSLProtocol``).
+``make_socket_transport`` is asyncio's own ``_make_socket_transport`` re-bound to globals that name
+this class, so it builds it with exactly the stdlib's steps for the running version (``_tls.py``
+does the same for TLS).
 """
 
 import math
@@ -37,7 +36,7 @@ from asyncio.log import logger
 
 from . import _ferroloop
 
-__all__ = ('make_socket_transport', 'make_ssl_transport')
+__all__ = ('make_socket_transport',)
 
 _PY312 = sys.version_info >= (3, 12)
 # Server._attach(transport)/_detach(transport) (3.13; 3.11 and 3.12.1 take no argument), and the
@@ -458,9 +457,10 @@ class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transp
         self._empty_waiter = None
 
 
-def _rebind(func):
-    """``func`` with module globals in which ``_SelectorSocketTransport`` is the class above."""
-    glob = dict(func.__globals__, _SelectorSocketTransport=_SelectorSocketTransport)
+def rebind(func, **names):
+    """``func`` with module globals in which ``names`` replace the module's own (asyncio's
+    transport-making functions, pointed at ferroloop's classes)."""
+    glob = dict(func.__globals__, **names)
     new = types.FunctionType(func.__code__, glob, func.__name__, func.__defaults__,
                              func.__closure__)
     new.__kwdefaults__ = func.__kwdefaults__
@@ -469,6 +469,5 @@ def _rebind(func):
     return new
 
 
-_Loop = _selector_events.BaseSelectorEventLoop
-make_socket_transport = _rebind(_Loop._make_socket_transport)
-make_ssl_transport = _rebind(_Loop._make_ssl_transport)
+make_socket_transport = rebind(_selector_events.BaseSelectorEventLoop._make_socket_transport,
+                               _SelectorSocketTransport=_SelectorSocketTransport)
