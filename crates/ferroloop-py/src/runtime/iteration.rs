@@ -88,7 +88,7 @@ pub(crate) fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
     }
     if timing {
         let mut time = 0.0;
-        let result = run_batch_timed(slf, ntodo, &mut time);
+        let result = run_batch::<true>(slf, ntodo, &mut time);
         // t_start is 0 when timing was switched on during this iteration: no split for it.
         if t_start > 0.0 && this.timing.load(Relaxed) {
             let total = this.now() - t_start;
@@ -101,13 +101,19 @@ pub(crate) fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
         }
         result
     } else {
-        run_batch(slf, ntodo)
+        run_batch::<false>(slf, ntodo, &mut 0.0)
     }
 }
 
-/// Run the callbacks that were ready when the batch started.
+/// Run the callbacks that were ready when the batch started. `TIMED`: the clock is read around
+/// every callback, for the timer lag, the callback durations and the slowest callbacks, and
+/// `time` gets the seconds spent in callbacks (the untimed instance has none of that code).
 #[inline(always)]
-fn run_batch(slf: &Bound<'_, LoopCore>, ntodo: usize) -> PyResult<()> {
+fn run_batch<const TIMED: bool>(
+    slf: &Bound<'_, LoopCore>,
+    ntodo: usize,
+    time: &mut f64,
+) -> PyResult<()> {
     let py = slf.py();
     let this = slf.get();
     let debug = this.debug();
@@ -129,17 +135,23 @@ fn run_batch(slf: &Bound<'_, LoopCore>, ntodo: usize) -> PyResult<()> {
         }
         ran += 1;
         let persistent = handle.get().persistent;
-        let step = if debug {
-            let r = run_debug(slf, &handle);
-            match persistent {
-                true => r,
-                false => handle.get().release(py).and(r),
+        let t0 = if TIMED { this.now() } else { 0.0 };
+        // Timed, the handle keeps its callback while it runs (as in debug mode), for its repr.
+        let mut step = if debug {
+            run_debug(slf, &handle)
+        } else {
+            Handle::run(&handle, persistent || TIMED)
+        };
+        if TIMED {
+            step = step.and(record_callback(slf, &handle, t0, time));
+        }
+        if debug {
+            if !persistent {
+                step = handle.get().release(py).and(step);
             }
         } else {
-            let r = Handle::run(&handle, persistent);
             Handle::recycle(handle);
-            r
-        };
+        }
         if step.is_err() {
             result = step;
             break;
@@ -149,75 +161,34 @@ fn run_batch(slf: &Bound<'_, LoopCore>, ntodo: usize) -> PyResult<()> {
     result
 }
 
-/// `run_batch` with timing: the clock is read around every callback, for the timer lag, the
-/// callback durations and the slowest callbacks; `time` gets the seconds spent in callbacks.
-fn run_batch_timed(slf: &Bound<'_, LoopCore>, ntodo: usize, time: &mut f64) -> PyResult<()> {
+/// Timing of one callback that started at `t0`: its duration (added to `time`), its lag if it
+/// is a timer, and its place among the slowest.
+fn record_callback(
+    slf: &Bound<'_, LoopCore>,
+    handle: &Bound<'_, Handle>,
+    t0: f64,
+    time: &mut f64,
+) -> PyResult<()> {
     let py = slf.py();
     let this = slf.get();
-    let debug = this.debug();
-    let (mut ran, mut cancelled) = (0u64, 0u64);
-    let mut result = Ok(());
-    for _ in 0..ntodo {
-        let handle = match this.ready.with(py, |r| r.pop()) {
-            Ok(Some(h)) => h.into_bound(py),
-            Ok(None) => break,
-            Err(e) => {
-                result = Err(e);
-                break;
-            }
-        };
-        if handle.get().is_cancelled() {
-            cancelled += 1;
-            Handle::recycle(handle);
-            continue;
+    let dt = this.now() - t0;
+    *time += dt;
+    let h = handle.get();
+    let lag = h.is_timer_().then_some(t0 - h.when);
+    let keep = this.stats.with(py, |s| {
+        if let Some(lag) = lag {
+            s.timing.lag.record(lag);
         }
-        ran += 1;
-        let persistent = handle.get().persistent;
-        let t0 = this.now();
-        // The handle keeps its callback while it runs (as in debug mode), for the repr below.
-        let mut step = if debug {
-            run_debug(slf, &handle)
-        } else {
-            Handle::run(&handle, true)
-        };
-        let dt = this.now() - t0;
-        *time += dt;
-        let h = handle.get();
-        let lag = h.is_timer_().then_some(t0 - h.when);
-        let keep = this.stats.with(py, |s| {
-            if let Some(lag) = lag {
-                s.timing.lag.record(lag);
-            }
-            s.timing.durations.record(dt);
-            s.slowest.would_keep(dt)
-        });
-        match keep {
-            Ok(true) => {
-                // The repr is taken before the handle lets go of its callback; what the list
-                // pushes out is dropped after the borrow.
-                let offered = handle.repr().and_then(|repr| {
-                    let repr = repr.into_any().unbind();
-                    this.stats.with(py, |s| s.slowest.offer(dt, repr))
-                });
-                step = step.and(offered.map(drop));
-            }
-            Ok(false) => {}
-            Err(e) => step = step.and(Err(e)),
-        }
-        if debug {
-            if !persistent {
-                step = h.release(py).and(step);
-            }
-        } else {
-            Handle::recycle(handle);
-        }
-        if step.is_err() {
-            result = step;
-            break;
-        }
+        s.timing.durations.record(dt);
+        s.slowest.would_keep(dt)
+    })?;
+    if keep {
+        // The repr is taken before the handle lets go of its callback; what the list pushes out
+        // is dropped after the borrow.
+        let repr = handle.repr()?.into_any().unbind();
+        drop(this.stats.with(py, |s| s.slowest.offer(dt, repr))?);
     }
-    this.counters.add_batch(ran, cancelled);
-    result
+    Ok(())
 }
 
 /// Debug mode: record the current handle for the exception handler and warn about callbacks
