@@ -17,6 +17,8 @@
 //!   SystemExit/KeyboardInterrupt.
 //! - [`call_method1`]: `obj.name(arg)` through vectorcall, for the protocol calls of the
 //!   per-message path (`data_received`, …), without an argument tuple.
+//! - [`slice`]: `slice(start, stop, step)`, in place of PyO3's `PySlice::new`, which leaks its
+//!   three int objects.
 //! - [`register`]: adds this area's classes and functions to the module; a new transport kind
 //!   adds its `mod` line above and its classes there, and `lib.rs` stays unchanged.
 //!
@@ -41,7 +43,7 @@ mod tls;
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::PyString;
+use pyo3::types::{PyInt, PySlice, PyString};
 
 use crate::errors;
 
@@ -70,6 +72,29 @@ pub(crate) fn fatal_error(tr: &Bound<'_, PyAny>, err: PyErr, message: &str) -> P
     }
     tr.call_method1(intern!(py, "_fatal_error"), (err.into_value(py), message))?;
     Ok(())
+}
+
+/// `slice(start, stop, step)`. Not PyO3's `PySlice::new`: it passes `PySlice_New` three new int
+/// references and never releases them (`PySlice_New` takes references of its own), which leaks
+/// an int object per bound outside CPython's small-int cache at every call.
+pub(crate) fn slice(
+    py: Python<'_>,
+    start: isize,
+    stop: isize,
+    step: isize,
+) -> PyResult<Bound<'_, PySlice>> {
+    let (start, stop, step) = (
+        PyInt::new(py, start),
+        PyInt::new(py, stop),
+        PyInt::new(py, step),
+    );
+    // SAFETY: GIL held; the three arguments are borrowed references kept alive by the `Bound`s
+    // above until after the call (`PySlice_New` takes references of its own). The result is a
+    // new reference to a slice or NULL with an exception set.
+    unsafe {
+        let s = ffi::PySlice_New(start.as_ptr(), stop.as_ptr(), step.as_ptr());
+        Ok(Bound::from_owned_ptr_or_err(py, s)?.cast_into_unchecked())
+    }
 }
 
 /// `obj.name(arg)` through `PyObject_VectorcallMethod`: no argument tuple, no bound method.

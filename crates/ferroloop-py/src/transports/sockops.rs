@@ -250,8 +250,7 @@ impl SockOp {
             // Send until done or EAGAIN (asyncio sends once per call and is called again while
             // the fd stays writable; an edge-triggered wait is woken again only after EAGAIN).
             loop {
-                let rest =
-                    view.get_item(pyo3::types::PySlice::new(py, pos as isize, isize::MAX, 1))?;
+                let rest = view.get_item(super::slice(py, pos as isize, isize::MAX, 1)?)?;
                 match try_send(sock, &rest) {
                     Ok(sent) if pos + sent == total => break Ok(py.None().into_bound(py)),
                     Ok(0) => return save(pos),

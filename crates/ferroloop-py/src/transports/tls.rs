@@ -32,7 +32,7 @@ use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PySlice, PyTuple, PyType};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple, PyType};
 use pyo3::PyTraverseError;
 
 use super::call_method1;
@@ -258,7 +258,7 @@ impl TlsProtocol {
             let target = if offset == 0 {
                 view.clone()
             } else {
-                view.get_item(PySlice::new(py, offset as isize, cap as isize, 1))?
+                view.get_item(super::slice(py, offset as isize, cap as isize, 1)?)?
             };
             match raw.call_method1(intern!(py, "read"), (cap - offset, target)) {
                 Ok(n) => {
@@ -320,7 +320,7 @@ impl TlsProtocol {
                 offset = count;
                 let mut complete = true;
                 while offset < wants {
-                    let tail = buf.get_item(PySlice::new(py, offset as isize, isize::MAX, 1))?;
+                    let tail = buf.get_item(super::slice(py, offset as isize, isize::MAX, 1)?)?;
                     count = raw
                         .call_method1(intern!(py, "read"), (wants - offset, tail))?
                         .extract()?;
@@ -373,7 +373,7 @@ impl TlsProtocol {
                     let data_len = front.len()? as isize;
                     if count < data_len {
                         let rest = front
-                            .get_item(PySlice::new(py, count, isize::MAX, 1))?
+                            .get_item(super::slice(py, count, isize::MAX, 1)?)?
                             .unbind();
                         let old = {
                             let mut me = slf.borrow_mut();
@@ -668,7 +668,7 @@ impl TlsProtocol {
         let part = if nbytes >= 0 && nbytes as usize == view.len()? {
             view
         } else {
-            view.get_item(PySlice::new(py, 0, nbytes, 1))?
+            view.get_item(super::slice(py, 0, nbytes, 1)?)?
         };
         let incoming = Self::need(slf, |s| &s.incoming, "write")?;
         call_method1(&incoming, intern!(py, "write"), &part)?;
