@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# Install the database servers the tests start (tests/dbservers.py): Debian's PostgreSQL and Redis,
-# and the `openssl` command the TLS tests make their certificates with. Does nothing when all are present. Otherwise installs them with apt-get, non-interactively, as
-# root (or through `sudo -n`). The packages' own services are not started, and no default
+# Install what the tests need from Debian: the database servers the tests start
+# (tests/dbservers.py), PostgreSQL and Redis; the `openssl` command the TLS tests make their
+# certificates with; valgrind for `make test-memcheck`. With arguments (any of postgresql,
+# redis-server, openssl, valgrind), only those. Does nothing when all are present. Otherwise
+# installs them with apt-get, non-interactively, as root (or through `sudo -n`). The packages' own services are not started, and no default
 # PostgreSQL cluster is created: the tests run throw-away servers of their own.
 set -euo pipefail
 
 have_postgres() { compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null && compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; }
 have_redis() { command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ]; }
 
+wanted=" ${*:-postgresql redis-server openssl valgrind} "
 packages=()
-have_postgres || packages+=(postgresql)
-have_redis || packages+=(redis-server)
-command -v openssl >/dev/null || packages+=(openssl)
+[[ $wanted != *" postgresql "* ]] || have_postgres || packages+=(postgresql)
+[[ $wanted != *" redis-server "* ]] || have_redis || packages+=(redis-server)
+[[ $wanted != *" openssl "* ]] || command -v openssl >/dev/null || packages+=(openssl)
+[[ $wanted != *" valgrind "* ]] || command -v valgrind >/dev/null || packages+=(valgrind)
 if [ ${#packages[@]} -eq 0 ]; then
     exit 0
 fi
@@ -54,6 +58,7 @@ export DEBIAN_FRONTEND=noninteractive
 "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300 \
     -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${packages[@]}"
 
-have_postgres || { echo "services: postgresql installed but /usr/lib/postgresql/*/bin/postgres is missing" >&2; exit 1; }
-have_redis || { echo "services: redis-server installed but not found" >&2; exit 1; }
-echo "services: ready ($(ls -d /usr/lib/postgresql/*/bin/postgres | tail -1), $(command -v redis-server || echo /usr/bin/redis-server))"
+[[ $wanted != *" postgresql "* ]] || have_postgres || { echo "services: postgresql installed but /usr/lib/postgresql/*/bin/postgres is missing" >&2; exit 1; }
+[[ $wanted != *" redis-server "* ]] || have_redis || { echo "services: redis-server installed but not found" >&2; exit 1; }
+[[ $wanted != *" valgrind "* ]] || command -v valgrind >/dev/null || { echo "services: valgrind installed but not found" >&2; exit 1; }
+echo "services: ready (${packages[*]} installed)"
