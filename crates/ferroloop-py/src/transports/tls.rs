@@ -28,11 +28,12 @@
 use std::collections::VecDeque;
 
 use pyo3::exceptions::{PyException, PyTypeError};
+use pyo3::ffi;
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple, PyType};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyString, PyTuple, PyType};
 use pyo3::PyTraverseError;
 
 use super::call_method1;
@@ -95,6 +96,105 @@ fn none_attr(py: Python<'_>, name: &str) -> PyErr {
     }
 }
 
+/// Bound methods of the per-record calls: `raw.read`, `raw.write`, `raw.pending`,
+/// `incoming.write`, `outgoing.read`, `transport.write`. The bound method of a C method (a
+/// `builtin_function_or_method`) is called by vectorcall straight into its C function, without
+/// the type lookup `PyObject_VectorcallMethod` makes per call. `None` when the object is None or
+/// has no such attribute: the call then looks the name up itself and raises what asyncio raises.
+/// (`_ssl._SSLSocket` and `_ssl.MemoryBIO` have no instance `__dict__`, so a bound method looked
+/// up once stays what a lookup per call would find.)
+#[derive(Default)]
+struct Calls {
+    read: Option<Py<PyAny>>,
+    write: Option<Py<PyAny>>,
+    pending: Option<Py<PyAny>>,
+    in_write: Option<Py<PyAny>>,
+    out_read: Option<Py<PyAny>>,
+    tr_write: Option<Py<PyAny>>,
+}
+
+impl Calls {
+    fn each(&self) -> impl Iterator<Item = &Py<PyAny>> {
+        [
+            &self.read,
+            &self.write,
+            &self.pending,
+            &self.in_write,
+            &self.out_read,
+            &self.tr_write,
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
+fn lookup(py: Python<'_>, obj: &Option<Py<PyAny>>, name: &str) -> Option<Py<PyAny>> {
+    let obj = obj.as_ref()?.bind(py);
+    obj.getattr(name).ok().map(Bound::unbind)
+}
+
+/// `f(*args)` by vectorcall (the slot before the arguments is free for a bound method's self).
+fn vcall<'py>(
+    py: Python<'py>,
+    f: &Bound<'py, PyAny>,
+    args: &[&Bound<'py, PyAny>],
+) -> PyResult<Bound<'py, PyAny>> {
+    let mut buf = [std::ptr::null_mut::<ffi::PyObject>(); 3];
+    let n = args.len().min(2);
+    for (slot, a) in buf[1..].iter_mut().zip(args) {
+        *slot = a.as_ptr();
+    }
+    // SAFETY: GIL held; `buf[1..=n]` are borrowed references kept alive by `args` for the
+    // call, and `buf[0]` is writable scratch as PY_VECTORCALL_ARGUMENTS_OFFSET allows. The
+    // result is a new reference or NULL with an exception set.
+    unsafe {
+        let res = ffi::PyObject_Vectorcall(
+            f.as_ptr(),
+            buf.as_ptr().add(1),
+            n | ffi::PY_VECTORCALL_ARGUMENTS_OFFSET,
+            std::ptr::null_mut(),
+        );
+        Bound::from_owned_ptr_or_err(py, res)
+    }
+}
+
+/// The C getter of `_ssl.MemoryBIO.pending` and the type it belongs to: `bio.pending` on an
+/// exact MemoryBIO calls it directly (the attribute lookup costs more than the getter).
+struct PendingGetter {
+    tp: usize,
+    get: ffi::getter,
+    closure: usize,
+}
+
+static MEMORY_BIO_PENDING: PyOnceLock<Option<PendingGetter>> = PyOnceLock::new();
+
+fn memory_bio_pending(py: Python<'_>) -> &Option<PendingGetter> {
+    MEMORY_BIO_PENDING.get_or_init(py, || {
+        let tp = py.import("ssl").ok()?.getattr("MemoryBIO").ok()?;
+        let tp = tp.cast_into::<PyType>().ok()?;
+        let descr = tp.getattr("__dict__").ok()?.get_item("pending").ok()?;
+        // SAFETY: GIL held; the descriptor's type is checked to be getset_descriptor before its
+        // struct is read, and it lives as long as the type (a static type of `_ssl`, never freed
+        // while the module is loaded; `tp` and `descr` are kept referenced by the module).
+        unsafe {
+            if ffi::Py_TYPE(descr.as_ptr()) != std::ptr::addr_of_mut!(ffi::PyGetSetDescr_Type) {
+                return None;
+            }
+            let d = descr.as_ptr() as *mut ffi::PyGetSetDescrObject;
+            let def = (*d).d_getset;
+            if def.is_null() {
+                return None;
+            }
+            let get = (*def).get?;
+            Some(PendingGetter {
+                tp: tp.as_ptr() as usize,
+                get,
+                closure: (*def).closure as usize,
+            })
+        }
+    })
+}
+
 /// The per-record state of one SSL protocol (see the module docs). Fields are named as
 /// asyncio's attributes, which `_tls.py` and asyncio's own `_SSLProtocolTransport` read.
 #[pyclass(module = "ferroloop._ferroloop", subclass, dict)]
@@ -111,16 +211,19 @@ pub struct TlsProtocol {
     app_is_buffer: bool,
     #[pyo3(get, set, name = "_app_transport")]
     app_transport: Option<Py<PyAny>>,
-    #[pyo3(get, set, name = "_transport")]
+    #[pyo3(get, name = "_transport")]
     transport: Option<Py<PyAny>>,
     /// The `_ssl._SSLSocket` under `ssl.SSLObject` (or the SSLObject itself when the context's
     /// `sslobject_class` is a subclass: its methods then run).
-    #[pyo3(get, set, name = "_sslobj_raw")]
+    #[pyo3(get, name = "_sslobj_raw")]
     raw: Option<Py<PyAny>>,
-    #[pyo3(get, set, name = "_incoming")]
+    #[pyo3(get, name = "_incoming")]
     incoming: Option<Py<PyAny>>,
-    #[pyo3(get, set, name = "_outgoing")]
+    #[pyo3(get, name = "_outgoing")]
     outgoing: Option<Py<PyAny>>,
+    /// The bound methods of the per-record calls, looked up once when `_sslobj_raw`,
+    /// `_incoming`, `_outgoing` and `_transport` are set (see `Calls`).
+    calls: Calls,
     #[pyo3(get, set, name = "_extra")]
     extra: Option<Py<PyDict>>,
     /// asyncio's `_ssl_buffer`/`_ssl_buffer_view`: what `get_buffer` hands to the socket side.
@@ -172,8 +275,48 @@ impl TlsProtocol {
         Self::field(slf, f).ok_or_else(|| none_attr(slf.py(), name))
     }
 
+    /// `obj.pending` (a MemoryBIO's).
     fn pending(obj: &Bound<'_, PyAny>) -> PyResult<isize> {
-        obj.getattr(intern!(obj.py(), "pending"))?.extract()
+        let py = obj.py();
+        if let Some(g) = memory_bio_pending(py) {
+            // SAFETY: GIL held; `obj` is an exact instance of the type whose getter this is
+            // (checked just before), which is how the getset descriptor would call it; the
+            // result is a new reference or NULL with an exception set.
+            unsafe {
+                if ffi::Py_TYPE(obj.as_ptr()) as usize == g.tp {
+                    let r = (g.get)(obj.as_ptr(), g.closure as *mut std::ffi::c_void);
+                    return Bound::from_owned_ptr_or_err(py, r)?.extract();
+                }
+            }
+        }
+        obj.getattr(intern!(py, "pending"))?.extract()
+    }
+
+    /// Calls the cached bound method `pick(calls)` of the object in `obj(self)` with `args`, or,
+    /// when nothing is cached, the method `name` looked up now (raising what asyncio raises when
+    /// the object is None or lacks it).
+    fn call<'py>(
+        slf: &Bound<'py, Self>,
+        pick: impl FnOnce(&Calls) -> &Option<Py<PyAny>>,
+        obj: impl FnOnce(&Self) -> &Option<Py<PyAny>>,
+        name: &Bound<'py, PyString>,
+        args: &[&Bound<'py, PyAny>],
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let (f, o) = {
+            let me = slf.borrow();
+            match pick(&me.calls) {
+                Some(f) => (Some(f.clone_ref(py).into_bound(py)), None),
+                None => (None, bound(py, obj(&me))),
+            }
+        };
+        if let Some(f) = f {
+            return vcall(py, &f, args);
+        }
+        match o {
+            Some(o) => vcall(py, &o.getattr(name)?, args),
+            None => Err(none_attr(py, name.to_str()?)),
+        }
     }
 
     /// `_get_read_buffer_size`: `self._incoming.pending`.
@@ -187,13 +330,59 @@ impl TlsProtocol {
         Ok(n + slf.borrow().write_buffer_size)
     }
 
+    /// `self._ssl_buffer_view[:nbytes]` for `buffer_updated`. When the incoming BIO is an exact
+    /// `ssl.MemoryBIO` (whose `write` copies the bytes and keeps no reference), a read-only
+    /// memoryview over the first `nbytes` bytes of the buffer is made directly
+    /// (`PyMemoryView_FromMemory`), without a slice object and a view of the view.
+    fn received<'py>(
+        slf: &Bound<'py, Self>,
+        view: &Bound<'py, PyAny>,
+        nbytes: isize,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let (buf, bio_tp) = {
+            let me = slf.borrow();
+            (
+                me.ssl_buffer
+                    .as_ref()
+                    .map(|b| b.clone_ref(py).into_bound(py)),
+                me.incoming
+                    .as_ref()
+                    .map(|i| i.bind(py).get_type().as_ptr() as usize),
+            )
+        };
+        let exact_bio = match (memory_bio_pending(py), bio_tp) {
+            (Some(g), Some(tp)) => g.tp == tp,
+            _ => false,
+        };
+        if let (true, Some(buf)) = (exact_bio, buf) {
+            if nbytes >= 0 && nbytes as usize <= buf.len() {
+                // SAFETY: GIL held; the view covers `nbytes` bytes inside the bytearray, which
+                // stays alive and unresized while the view is used: `buf` holds a reference,
+                // `self._ssl_buffer_view` exports it (no resize), and the view only goes to
+                // `MemoryBIO.write`, which copies it and returns before `buffer_updated` drops it.
+                unsafe {
+                    let p = ffi::PyByteArray_AsString(buf.as_ptr());
+                    let v = ffi::PyMemoryView_FromMemory(p, nbytes, ffi::PyBUF_READ);
+                    return Bound::from_owned_ptr_or_err(py, v);
+                }
+            }
+        }
+        if nbytes >= 0 && nbytes as usize == view.len()? {
+            Ok(view.clone())
+        } else {
+            view.get_item(super::slice(py, 0, nbytes, 1)?)
+        }
+    }
+
     /// True when a `read` now could only raise SSLWantReadError (see the module docs).
-    fn nothing_to_read(slf: &Bound<'_, Self>, raw: &Bound<'_, PyAny>) -> PyResult<bool> {
+    fn nothing_to_read(slf: &Bound<'_, Self>) -> PyResult<bool> {
         let py = slf.py();
         if Self::read_buffer_size(slf)? != 0 {
             return Ok(false);
         }
-        let n: isize = raw.call_method0(intern!(py, "pending"))?.extract()?;
+        let n: isize =
+            Self::call(slf, |c| &c.pending, |s| &s.raw, intern!(py, "pending"), &[])?.extract()?;
         Ok(n == 0)
     }
 
@@ -228,7 +417,7 @@ impl TlsProtocol {
     /// made: the same data, the same calls to OpenSSL, the same exceptions.
     fn do_read_copied(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let raw = Self::need(slf, |s| &s.raw, "read")?;
+        Self::need(slf, |s| &s.raw, "read")?;
         // the scratch buffer: the protocol's buffer (made by get_buffer) and its memoryview
         Self::get_buffer(slf, MAX_SIZE as isize)?;
         let (buf, view) = {
@@ -246,7 +435,7 @@ impl TlsProtocol {
         let mut spill: Vec<u8> = Vec::new(); // when more than `cap` bytes come in one call
         let mut eof = false;
         loop {
-            if Self::nothing_to_read(slf, &raw)? {
+            if Self::nothing_to_read(slf)? {
                 break;
             }
             if offset == cap {
@@ -260,7 +449,14 @@ impl TlsProtocol {
             } else {
                 view.get_item(super::slice(py, offset as isize, cap as isize, 1)?)?
             };
-            match raw.call_method1(intern!(py, "read"), (cap - offset, target)) {
+            let len = (cap - offset).into_pyobject(py)?.into_any();
+            match Self::call(
+                slf,
+                |c| &c.read,
+                |s| &s.raw,
+                intern!(py, "read"),
+                &[&len, &target],
+            ) {
                 Ok(n) => {
                     let n: usize = n.extract()?;
                     if n == 0 {
@@ -306,24 +502,36 @@ impl TlsProtocol {
         let py = slf.py();
         let get_buffer = Self::need(slf, |s| &s.app_get_buffer, "get_buffer")?;
         let updated = Self::need(slf, |s| &s.app_buffer_updated, "buffer_updated")?;
-        let raw = Self::need(slf, |s| &s.raw, "read")?;
+        Self::need(slf, |s| &s.raw, "read")?;
         let mut offset: usize = 0;
         let mut count: usize = 1;
         let size = Self::read_buffer_size(slf)?;
         let buf = get_buffer.call1((size,))?;
         let wants = buf.len()?;
         let res: PyResult<()> = (|| {
-            count = raw
-                .call_method1(intern!(py, "read"), (wants, &buf))?
-                .extract()?;
+            let len = wants.into_pyobject(py)?.into_any();
+            count = Self::call(
+                slf,
+                |c| &c.read,
+                |s| &s.raw,
+                intern!(py, "read"),
+                &[&len, &buf],
+            )?
+            .extract()?;
             if count > 0 {
                 offset = count;
                 let mut complete = true;
                 while offset < wants {
                     let tail = buf.get_item(super::slice(py, offset as isize, isize::MAX, 1)?)?;
-                    count = raw
-                        .call_method1(intern!(py, "read"), (wants - offset, tail))?
-                        .extract()?;
+                    let len = (wants - offset).into_pyobject(py)?.into_any();
+                    count = Self::call(
+                        slf,
+                        |c| &c.read,
+                        |s| &s.raw,
+                        intern!(py, "read"),
+                        &[&len, &tail],
+                    )?
+                    .extract()?;
                     if count > 0 {
                         offset += count;
                     } else {
@@ -358,7 +566,7 @@ impl TlsProtocol {
     /// `_do_write`.
     fn do_write(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let raw = Self::need(slf, |s| &s.raw, "write")?;
+        Self::need(slf, |s| &s.raw, "write")?;
         loop {
             let front = {
                 let me = slf.borrow();
@@ -367,7 +575,13 @@ impl TlsProtocol {
                     None => break,
                 }
             };
-            match call_method1(&raw, intern!(py, "write"), &front) {
+            match Self::call(
+                slf,
+                |c| &c.write,
+                |s| &s.raw,
+                intern!(py, "write"),
+                &[&front],
+            ) {
                 Ok(count) => {
                     let count: isize = count.extract()?;
                     let data_len = front.len()? as isize;
@@ -405,10 +619,16 @@ impl TlsProtocol {
         if !slf.borrow().ssl_writing_paused {
             let outgoing = Self::need(slf, |s| &s.outgoing, "read")?;
             if Self::pending(&outgoing)? > 0 {
-                let data = outgoing.call_method0(intern!(py, "read"))?;
+                let data = Self::call(
+                    slf,
+                    |c| &c.out_read,
+                    |s| &s.outgoing,
+                    intern!(py, "read"),
+                    &[],
+                )?;
                 if data.len()? > 0 {
-                    let tr = Self::need(slf, |s| &s.transport, "write")?;
-                    call_method1(&tr, intern!(py, "write"), &data)?;
+                    let w = intern!(py, "write");
+                    Self::call(slf, |c| &c.tr_write, |s| &s.transport, w, &[&data])?;
                 }
             }
         }
@@ -524,6 +744,7 @@ impl TlsProtocol {
             extra: None,
             ssl_buffer: None,
             ssl_view: None,
+            calls: Calls::default(),
             write_backlog: VecDeque::new(),
             write_buffer_size: 0,
             conn_lost: 0,
@@ -567,6 +788,72 @@ impl TlsProtocol {
                 std::mem::replace(&mut me.app_get_buffer, gb),
                 std::mem::replace(&mut me.app_buffer_updated, bu),
             )
+        };
+        drop(old);
+        Ok(())
+    }
+
+    #[setter(_sslobj_raw)]
+    fn set_sslobj_raw(slf: &Bound<'_, Self>, value: Option<Py<PyAny>>) {
+        let py = slf.py();
+        let new = (
+            lookup(py, &value, "read"),
+            lookup(py, &value, "write"),
+            lookup(py, &value, "pending"),
+        );
+        let old = {
+            let mut me = slf.borrow_mut();
+            let c = &mut me.calls;
+            let old = (
+                std::mem::replace(&mut c.read, new.0),
+                std::mem::replace(&mut c.write, new.1),
+                std::mem::replace(&mut c.pending, new.2),
+            );
+            (old, std::mem::replace(&mut me.raw, value))
+        };
+        drop(old);
+    }
+
+    #[setter(_incoming)]
+    fn set_incoming(slf: &Bound<'_, Self>, value: Option<Py<PyAny>>) {
+        let f = lookup(slf.py(), &value, "write");
+        let old = {
+            let mut me = slf.borrow_mut();
+            let a = std::mem::replace(&mut me.calls.in_write, f);
+            (a, std::mem::replace(&mut me.incoming, value))
+        };
+        drop(old);
+    }
+
+    #[setter(_outgoing)]
+    fn set_outgoing(slf: &Bound<'_, Self>, value: Option<Py<PyAny>>) {
+        let f = lookup(slf.py(), &value, "read");
+        let old = {
+            let mut me = slf.borrow_mut();
+            let a = std::mem::replace(&mut me.calls.out_read, f);
+            (a, std::mem::replace(&mut me.outgoing, value))
+        };
+        drop(old);
+    }
+
+    /// `_transport`; `write` is looked up once only on ferroloop's own socket transport (a
+    /// test's or user's transport object keeps asyncio's lookup per call).
+    #[setter(_transport)]
+    fn set_transport(slf: &Bound<'_, Self>, value: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let own = match &value {
+            Some(v) => v.bind(py).is_instance_of::<super::stream::StreamCore>(),
+            None => false,
+        };
+        let f = if own {
+            lookup(py, &value, "write")
+        } else {
+            None
+        };
+        let old = {
+            let mut me = slf.borrow_mut();
+            let a = std::mem::replace(&mut me.calls.tr_write, f);
+            (a, std::mem::replace(&mut me.transport, value))
         };
         drop(old);
         Ok(())
@@ -665,13 +952,14 @@ impl TlsProtocol {
     fn buffer_updated(slf: &Bound<'_, Self>, nbytes: isize) -> PyResult<()> {
         let py = slf.py();
         let view = Self::need(slf, |s| &s.ssl_view, "__getitem__")?;
-        let part = if nbytes >= 0 && nbytes as usize == view.len()? {
-            view
-        } else {
-            view.get_item(super::slice(py, 0, nbytes, 1)?)?
-        };
-        let incoming = Self::need(slf, |s| &s.incoming, "write")?;
-        call_method1(&incoming, intern!(py, "write"), &part)?;
+        let part = Self::received(slf, &view, nbytes)?;
+        Self::call(
+            slf,
+            |c| &c.in_write,
+            |s| &s.incoming,
+            intern!(py, "write"),
+            &[&part],
+        )?;
         drop(part);
         let st = slf.borrow().st;
         match st {
@@ -828,6 +1116,9 @@ impl TlsProtocol {
         for d in &self.write_backlog {
             visit.call(d)?;
         }
+        for f in self.calls.each() {
+            visit.call(f)?;
+        }
         Ok(())
     }
 
@@ -845,5 +1136,6 @@ impl TlsProtocol {
         self.ssl_buffer = None;
         self.ssl_view = None;
         self.write_backlog.clear();
+        self.calls = Calls::default();
     }
 }
