@@ -105,7 +105,7 @@ def test_udp_v4_echo_methods_and_extra_info(loop, flavor, errors):
         assert all(a == caddr for _, a in srv.data)
         if flavor.name == 'ferroloop':
             # the Rust path is in use: one address object per peer, reused
-            assert type(st._read_ready).__name__ == 'DatagramPump'
+            assert type(st._read_ready).__name__ == 'DatagramCore'
             assert srv.data[0][1] is srv.data[1][1] is srv.data[2][1]
         assert [d for d, _ in cli.data] == [b'one', b'two', b'three']
         assert all(a == saddr for _, a in cli.data)
