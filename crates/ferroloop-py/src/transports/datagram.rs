@@ -300,7 +300,11 @@ impl DatagramCore {
             (s.sock_closed, cached)
         })?;
         if !closed {
-            let dest = if to_peer { None } else { raw.or(cached.as_ref()) };
+            let dest = if to_peer {
+                None
+            } else {
+                raw.or(cached.as_ref())
+            };
             if to_peer || dest.is_some() {
                 let sent = sockio::with_bytes(data, |b| loop {
                     let r = match dest {
