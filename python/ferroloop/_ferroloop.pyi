@@ -11,7 +11,7 @@ _T = TypeVar("_T")
 
 __all__ = ['__version__', 'BUILD_PROFILE', 'Handle', 'TimerHandle', 'LoopCore', 'SlotDescriptor', 'StreamCore', 'SockOp',
            'TlsProtocol', 'sock_recv', 'sock_sendall', 'DatagramCore', 'PidfdWatch', 'pidfd_supported',
-           'PipeReadPump', 'PipeWritePump']
+           'PipeReadCore', 'PipeWriteCore']
 __version__: str
 BUILD_PROFILE: str
 
@@ -153,20 +153,27 @@ class DatagramCore:
     def _sendto_ready(self) -> None: ...
 
 @final
-class PipeReadPump:
-    """The reader callback of one read-pipe transport (ferroloop._pipes)."""
+class PipeReadCore:
+    """The reader callback and protocol of one read-pipe transport (ferroloop._pipes)."""
 
-    def __new__(cls, transport: Any, fd: int) -> PipeReadPump: ...
+    def __new__(cls, transport: Any, protocol: Any, fd: int) -> PipeReadCore: ...
+    protocol: Any
     @property
     def __qualname__(self) -> str: ...  # type: ignore[override]
     def __call__(self, *args: Any, **kwargs: Any) -> None: ...
 
 @final
-class PipeWritePump:
-    """The fast write of one write-pipe transport (ferroloop._pipes)."""
+class PipeWriteCore:
+    """State, write and writer callback of one write-pipe transport (ferroloop._pipes)."""
 
-    def __new__(cls, transport: Any, fd: int, py_write: Callable[[Any, Any], object]) -> PipeWritePump: ...
+    def __new__(cls, transport: Any, fd: int) -> PipeWriteCore: ...
+    conn_lost: int
+    closing: bool
+    def buffer_len(self) -> int: ...
+    def buffered(self) -> bytes: ...
+    def clear_buffer(self) -> None: ...
     def write(self, data: Any) -> None: ...
+    def _write_ready(self) -> None: ...
 
 @final
 class PidfdWatch:

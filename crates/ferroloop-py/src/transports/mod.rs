@@ -23,7 +23,7 @@
 //! | file | what |
 //! |---|---|
 //! | `datagram.rs` | `DatagramCore`: state, reading (`recvfrom` → `datagram_received`, a batch per wake-up, cached address objects), `sendto`, the send buffer and its writer of ferroloop's datagram transport (`ferroloop._datagram` is its Python half) |
-//! | `pipe.rs` | `PipeReadPump`, `PipeWritePump`: the read (`data_received`) and the fast `write` of asyncio's pipe transports |
+//! | `pipe.rs` | `PipeReadCore`, `PipeWriteCore`: state, reading (`data_received`), `write`, the write buffer and its writer of ferroloop's pipe transports (`ferroloop._pipes` is their Python half) |
 //! | `process.rs` | `PidfdWatch`: a child's exit through its pidfd registered as a reader; reaping and the return code |
 //! | `sockops.rs` | `sock_recv` / `sock_sendall`: the attempt, the wait and the clean-up |
 //! | `sockio.rs` | recv/send syscalls with the `socket` module's results and errors |
@@ -50,8 +50,8 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sockops::SockOp>()?;
     m.add_class::<datagram::DatagramCore>()?;
     m.add_class::<process::PidfdWatch>()?;
-    m.add_class::<pipe::PipeReadPump>()?;
-    m.add_class::<pipe::PipeWritePump>()?;
+    m.add_class::<pipe::PipeReadCore>()?;
+    m.add_class::<pipe::PipeWriteCore>()?;
     m.add_function(wrap_pyfunction!(process::pidfd_supported, m)?)?;
     m.add_class::<tls::TlsProtocol>()?;
     m.add_class::<stream::StreamCore>()?;
