@@ -317,7 +317,7 @@ def test_read_pipe_integrity_eof_and_repr(loop, flavor, errors):
         assert isinstance(tr, asyncio.ReadTransport)
         assert repr(tr).startswith('<_UnixReadPipeTransport fd=') and 'polling' in repr(tr)
         if flavor.name == 'ferroloop':
-            assert type(tr._read_ready).__name__ == 'PipeReadPump'
+            assert type(tr._read_ready).__name__ == 'PipeReadCore'
 
         def writer():
             with open(w, 'wb', buffering=0) as f:

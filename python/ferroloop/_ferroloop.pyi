@@ -10,8 +10,8 @@ _Ts = TypeVarTuple("_Ts")
 _T = TypeVar("_T")
 
 __all__ = ['__version__', 'BUILD_PROFILE', 'Handle', 'TimerHandle', 'LoopCore', 'SlotDescriptor', 'StreamCore', 'SockOp',
-           'TlsProtocol', 'sock_recv', 'sock_sendall', 'DatagramPump', 'PidfdWatch', 'pidfd_supported',
-           'PipeReadPump', 'PipeWritePump']
+           'TlsProtocol', 'sock_recv', 'sock_sendall', 'DatagramCore', 'PidfdWatch', 'pidfd_supported',
+           'PipeReadCore', 'PipeWriteCore']
 __version__: str
 BUILD_PROFILE: str
 
@@ -125,32 +125,55 @@ class SlotDescriptor:
     def __delete__(self, instance: Any, /) -> None: ...
 
 @final
-class DatagramPump:
-    """The reader callback and fast sendto of one datagram transport (ferroloop._datagram)."""
+class DatagramCore:
+    """State and per-datagram paths of one datagram transport (ferroloop._datagram)."""
 
-    def __new__(cls, transport: Any, fd: int, address: Any, send_mode: int) -> DatagramPump: ...
+    def __new__(cls, transport: Any, protocol: Any, fd: int, address: Any, address_set: bool,
+                peer: int, header: int, drain_header: bool, send_empty: bool) -> DatagramCore: ...
     @property
-    def __qualname__(self) -> str: ...  # type: ignore[override]
+    def fd(self) -> int: ...
+    @property
+    def address(self) -> Any: ...
+    closing: bool
+    paused: bool
+    conn_lost: int
+    protocol_connected: bool
+    protocol: Any
+    buffer_size: int
+    def buffered(self) -> list[tuple[bytes, Any]]: ...
+    def buffer_len(self) -> int: ...
+    def clear_buffer(self) -> None: ...
+    def connection_lost(self) -> None: ...
     @property
     def cached_addresses(self) -> int: ...
+    @property
+    def __qualname__(self) -> str: ...  # type: ignore[override]
     def __call__(self, *args: Any, **kwargs: Any) -> None: ...
     def sendto(self, data: Any, addr: Any = None) -> None: ...
+    def _sendto_ready(self) -> None: ...
 
 @final
-class PipeReadPump:
-    """The reader callback of one read-pipe transport (ferroloop._pipes)."""
+class PipeReadCore:
+    """The reader callback and protocol of one read-pipe transport (ferroloop._pipes)."""
 
-    def __new__(cls, transport: Any, fd: int) -> PipeReadPump: ...
+    def __new__(cls, transport: Any, protocol: Any, fd: int) -> PipeReadCore: ...
+    protocol: Any
     @property
     def __qualname__(self) -> str: ...  # type: ignore[override]
     def __call__(self, *args: Any, **kwargs: Any) -> None: ...
 
 @final
-class PipeWritePump:
-    """The fast write of one write-pipe transport (ferroloop._pipes)."""
+class PipeWriteCore:
+    """State, write and writer callback of one write-pipe transport (ferroloop._pipes)."""
 
-    def __new__(cls, transport: Any, fd: int, py_write: Callable[[Any, Any], object]) -> PipeWritePump: ...
+    def __new__(cls, transport: Any, fd: int) -> PipeWriteCore: ...
+    conn_lost: int
+    closing: bool
+    def buffer_len(self) -> int: ...
+    def buffered(self) -> bytes: ...
+    def clear_buffer(self) -> None: ...
     def write(self, data: Any) -> None: ...
+    def _write_ready(self) -> None: ...
 
 @final
 class PidfdWatch:

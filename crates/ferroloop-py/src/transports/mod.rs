@@ -24,8 +24,8 @@
 //!
 //! | file | what |
 //! |---|---|
-//! | `datagram.rs` | `DatagramPump`: reading (`recvfrom` → `datagram_received`, a batch per wake-up, cached address objects) and the fast `sendto` of asyncio's datagram transport |
-//! | `pipe.rs` | `PipeReadPump`, `PipeWritePump`: the read (`data_received`) and the fast `write` of asyncio's pipe transports |
+//! | `datagram.rs` | `DatagramCore`: state, reading (`recvfrom` → `datagram_received`, a batch per wake-up, cached address objects), `sendto`, the send buffer and its writer of ferroloop's datagram transport (`ferroloop._datagram` is its Python half) |
+//! | `pipe.rs` | `PipeReadCore`, `PipeWriteCore`: state, reading (`data_received`), `write`, the write buffer and its writer of ferroloop's pipe transports (`ferroloop._pipes` is their Python half) |
 //! | `process.rs` | `PidfdWatch`: a child's exit through its pidfd registered as a reader; reaping and the return code |
 //! | `sockops.rs` | `sock_recv` / `sock_sendall`: the attempt, the wait and the clean-up |
 //! | `sockio.rs` | recv/send syscalls with the `socket` module's results and errors |
@@ -50,10 +50,10 @@ use crate::errors;
 /// Add the classes and functions of this area to the module.
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sockops::SockOp>()?;
-    m.add_class::<datagram::DatagramPump>()?;
+    m.add_class::<datagram::DatagramCore>()?;
     m.add_class::<process::PidfdWatch>()?;
-    m.add_class::<pipe::PipeReadPump>()?;
-    m.add_class::<pipe::PipeWritePump>()?;
+    m.add_class::<pipe::PipeReadCore>()?;
+    m.add_class::<pipe::PipeWriteCore>()?;
     m.add_function(wrap_pyfunction!(process::pidfd_supported, m)?)?;
     m.add_class::<tls::TlsProtocol>()?;
     m.add_class::<stream::StreamCore>()?;
