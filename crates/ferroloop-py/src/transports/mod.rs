@@ -55,6 +55,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(process::pidfd_supported, m)?)?;
     m.add_class::<tls::TlsProtocol>()?;
     m.add_class::<stream::StreamCore>()?;
+    crate::runtime::flush::set_flush_fn(stream::flush_held);
     m.add_function(wrap_pyfunction!(sockops::sock_recv, m)?)?;
     m.add_function(wrap_pyfunction!(sockops::sock_sendall, m)?)?;
     Ok(())
