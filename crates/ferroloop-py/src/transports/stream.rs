@@ -14,10 +14,18 @@
 //!   into the per-thread buffer, then `protocol.data_received(bytes)`; for a `BufferedProtocol`,
 //!   `get_buffer(-1)`, `recv_into`, `buffer_updated(n)`. EOF and errors go to the transport's
 //!   Python methods (`_read_ready__on_eof`, `_fatal_error`) with asyncio's messages.
-//! - writing: `write(data)` (bound once per transport, stored on it) sends at once when nothing is
-//!   buffered; the rest (or all of it on EAGAIN) is buffered — bytes objects by reference, other
+//! - writing: `write(data)` (bound once per transport, stored on it), when nothing waits for the
+//!   writer callback, holds a bytes object until the end of the running ready batch (the core is
+//!   listed once on the loop's flush list, `runtime::flush`; the one held write needs no
+//!   allocation) and [`flush_held`] then sends all the batch's writes with one `send`/`writev`;
+//!   outside a batch, for other bytes-like objects, or when the held bytes would pass the
+//!   high-water mark, everything held and `data` are sent at once. What the send leaves
+//!   (or all of it on EAGAIN) is buffered — bytes objects by reference, other
 //!   bytes-like objects copied, as asyncio 3.11 does — and the writer callback (`_write_ready`)
 //!   sends the buffer with one `writev` per wake-up, as asyncio 3.12's `sendmsg`.
+//! - held writes are invisible to asyncio's contract: `get_write_buffer_size` flushes first, and
+//!   the Python half flushes before `close`, `write_eof`, `_force_close`, sendfile and handing out
+//!   the socket; a send error at the end of the batch is asyncio's fatal write error.
 //! - flow control: `pause_writing` when a write leaves more than the high-water mark buffered,
 //!   `resume_writing` when a send leaves the low-water mark or less (asyncio's
 //!   `_maybe_pause_protocol`/`_maybe_resume_protocol`, called at the same points).
@@ -56,8 +64,8 @@ fn bytes_of(b: &Py<PyBytes>) -> &[u8] {
     unsafe {
         let p = b.as_ptr();
         std::slice::from_raw_parts(
-            ffi::PyBytes_AsString(p) as *const u8,
-            ffi::PyBytes_Size(p) as usize,
+            ffi::PyBytes_AS_STRING(p) as *const u8,
+            ffi::Py_SIZE(p) as usize,
         )
     }
 }
@@ -352,7 +360,7 @@ impl StreamCore {
     ) -> PyResult<bool> {
         let py = slf.py();
         slf.get().state(py, |s| {
-            if (size + len) as u64 > s.high() {
+            if (size + len) as u64 > s.high() || s.transport.is_none() {
                 return Ok(false);
             }
             if s.pending {
@@ -378,37 +386,36 @@ impl StreamCore {
     fn flush(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let Some((single, lost, tr)) = this.state(py, |s| {
+        let Some((single, live)) = this.state(py, |s| {
             if !s.pending {
                 return None;
             }
             s.pending = false;
-            Some((
-                s.deferred.take(),
-                s.conn_lost,
-                s.transport.as_ref().map(|t| t.clone_ref(py)),
-            ))
+            Some((s.deferred.take(), s.conn_lost == 0 && s.transport.is_some()))
         })?
         else {
             return Ok(());
         };
-        let tr = match tr {
-            Some(tr) if lost == 0 => tr.into_bound(py),
+        if !live {
             // The connection is gone (the socket may be closed): nothing can be sent.
-            _ => {
-                drop(single);
-                let old = this.state(py, |s| s.queue.take())?;
-                drop(old);
-                return Ok(());
-            }
-        };
+            drop(single);
+            let old = this.state(py, |s| s.queue.take())?;
+            drop(old);
+            return Ok(());
+        }
         let res = if let Some(b) = single {
-            let res = sockio::send(py, this.fd, bytes_of(&b));
+            let data = bytes_of(&b);
+            let res = sockio::send(py, this.fd, data);
             match res {
-                Ok(Io::Done(n)) if n >= bytes_of(&b).len() => return Ok(()),
+                Ok(Io::Done(n)) if n >= data.len() => return Ok(()),
                 Ok(Io::Done(n)) => this.state(py, |s| s.queue().push_rest(Chunk::Bytes(b), n))?,
                 Ok(Io::WouldBlock) => this.state(py, |s| s.queue().push_rest(Chunk::Bytes(b), 0))?,
-                Err(err) => return Self::fatal(&tr, err, WRITE_FAILED),
+                Err(err) => {
+                    let Some(tr) = this.transport(py)? else {
+                        return Ok(());
+                    };
+                    return Self::fatal(&tr, err, WRITE_FAILED);
+                }
             }
             Ok(())
         } else {
@@ -419,6 +426,9 @@ impl StreamCore {
             })?;
             drop(done);
             res
+        };
+        let Some(tr) = this.transport(py)? else {
+            return Ok(());
         };
         match res {
             Ok(()) => {}
@@ -687,21 +697,21 @@ impl StreamCore {
         if !this.check_write(py, data, "write")? {
             return Ok(());
         }
-        let Some(tr) = this.transport(py)? else {
-            return Ok(());
-        };
         let (lost, size, pending) = this.state(py, |s| (s.conn_lost, s.size(), s.pending))?;
-        if lost > 0 {
-            tr.call_method0(intern!(py, "_write_after_lost"))?;
-            return Ok(());
-        }
-        if size == 0 || pending {
+        if lost == 0 && (size == 0 || pending) {
             // Held until the end of the batch, to go out with the batch's other writes.
             if let Ok(b) = data.cast_exact::<PyBytes>() {
                 if Self::hold(slf, b, b.as_bytes().len(), size)? {
                     return Ok(());
                 }
             }
+        }
+        let Some(tr) = this.transport(py)? else {
+            return Ok(());
+        };
+        if lost > 0 {
+            tr.call_method0(intern!(py, "_write_after_lost"))?;
+            return Ok(());
         }
         if pending {
             // Over the high-water mark, or not a bytes object: everything held goes now,
