@@ -93,27 +93,30 @@ pub(super) fn end(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
         return Ok(());
     };
     let mut result = Ok(());
+    let list = f
+        .pending
+        .with(py, |p| (!p.is_empty()).then(|| std::mem::take(p)))?;
+    let Some(mut list) = list else {
+        return result;
+    };
     loop {
-        let list = f.pending.with(py, |p| {
-            (!p.is_empty()).then(|| std::mem::take(p))
-        })?;
-        let Some(mut list) = list else {
-            return result;
-        };
         for obj in list.drain(..) {
-            let obj = obj.into_bound(py);
+            let obj = obj.into_bound(py); // dropped as Bound: a direct decref
             if let Err(e) = flush(&obj) {
                 if result.is_ok() {
                     result = Err(e);
                 }
             }
         }
-        // Give the (empty) list back to keep its capacity. Nothing is listed outside a batch,
-        // so the next round ends the loop; it only guards against a flush that listed more.
-        f.pending.with(py, |p| {
-            if p.is_empty() {
-                std::mem::swap(p, &mut list);
-            }
+        // Give the (empty) list back, keeping its capacity, and take what was listed meanwhile:
+        // nothing, as nothing is listed outside a batch; the loop only guards against a flush
+        // that listed more.
+        let more = f.pending.with(py, |p| {
+            std::mem::swap(p, &mut list);
+            !list.is_empty()
         })?;
+        if !more {
+            return result;
+        }
     }
 }

@@ -107,6 +107,8 @@ struct State {
     pending: bool,
     /// The one held write (a bytes object, by reference).
     deferred: Option<Py<PyBytes>>,
+    /// `loop_` is a `LoopCore` (checked on the first held write; `None`: not yet known).
+    loop_is_core: Option<bool>,
     /// `_protocol_paused`.
     protocol_paused: bool,
     /// Marks set by `set_write_buffer_limits`; `None`: asyncio's defaults.
@@ -368,9 +370,18 @@ impl StreamCore {
                 s.queue().push(Chunk::Bytes(data.clone().unbind()));
                 return Ok(true);
             }
-            let Some(Ok(lp)) = s.loop_.as_ref().map(|l| l.bind(py).cast::<LoopCore>()) else {
+            let Some(l) = s.loop_.as_ref() else {
                 return Ok(false);
             };
+            let l = l.bind(py);
+            if !*s
+                .loop_is_core
+                .get_or_insert_with(|| l.is_instance_of::<LoopCore>())
+            {
+                return Ok(false);
+            }
+            // SAFETY: `l` is an instance of `LoopCore` (checked above, once per loop object).
+            let lp = unsafe { l.cast_unchecked::<LoopCore>() };
             if !lp.get().defer_flush(slf.as_any())? {
                 return Ok(false);
             }
@@ -407,7 +418,10 @@ impl StreamCore {
             let data = bytes_of(&b);
             let res = sockio::send(py, this.fd, data);
             match res {
-                Ok(Io::Done(n)) if n >= data.len() => return Ok(()),
+                Ok(Io::Done(n)) if n >= data.len() => {
+                    drop(b.into_bound(py)); // a direct decref
+                    return Ok(());
+                }
                 Ok(Io::Done(n)) => this.state(py, |s| s.queue().push_rest(Chunk::Bytes(b), n))?,
                 Ok(Io::WouldBlock) => this.state(py, |s| s.queue().push_rest(Chunk::Bytes(b), 0))?,
                 Err(err) => {
@@ -453,7 +467,9 @@ impl StreamCore {
 
 /// The flush function of the loop's flush list (`runtime::flush`): `obj` is a `StreamCore`.
 pub(crate) fn flush_held(obj: &Bound<'_, PyAny>) -> PyResult<()> {
-    StreamCore::flush(obj.cast::<StreamCore>()?)
+    debug_assert!(obj.is_exact_instance_of::<StreamCore>());
+    // SAFETY: only `StreamCore::hold` lists objects on the flush list, and it lists itself.
+    StreamCore::flush(unsafe { obj.cast_unchecked::<StreamCore>() })
 }
 
 #[pymethods]
@@ -479,6 +495,7 @@ impl StreamCore {
                 queue: None,
                 pending: false,
                 deferred: None,
+                loop_is_core: None,
                 protocol_paused: false,
                 marks: None,
             }),
@@ -592,7 +609,10 @@ impl StreamCore {
 
     #[setter]
     fn set_loop(&self, py: Python<'_>, value: Option<Py<PyAny>>) -> PyResult<()> {
-        let old = self.state(py, |s| std::mem::replace(&mut s.loop_, value))?;
+        let old = self.state(py, |s| {
+            s.loop_is_core = None;
+            std::mem::replace(&mut s.loop_, value)
+        })?;
         drop(old);
         Ok(())
     }
