@@ -4,7 +4,10 @@
 read the same) holding a ``_ferroloop.StreamCore``. The core keeps the state the per-message
 paths read — the flags, the protocol, the write buffer, the write flow control — and *is* the
 reader callback; ``write`` is the core's method, bound once per transport and stored on it (no
-Python frame per message). The methods below are the cold paths, written step for step as
+Python frame per message). Writes made during a batch of callbacks are held and sent together at
+its end (one ``send``/``writev``; see ``StreamCore``); the methods below that asyncio runs after
+those bytes went out (``close``, ``write_eof``, ``_force_close``, the sendfile waiter,
+``get_extra_info('socket')``) first call ``core.flush()``. The methods below are the cold paths, written step for step as
 asyncio's ``selector_events._SelectorSocketTransport`` of the running version; asyncio's private
 attribute names (``_closing``, ``_eof``, ``_conn_lost``, ``_paused``, ``_protocol``, ``_loop``,
 ``_sock``, ``_sock_fd``, ``_empty_waiter``, ``_protocol_paused``, ``_high_water``, ...) read and
@@ -211,6 +214,8 @@ class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transp
         return extra
 
     def get_extra_info(self, name, default=None):
+        if name == 'socket':
+            self._core.flush()   # direct use of the socket comes after the transport's writes
         extra = self._extra
         if not self._extra_ready and self._sock is not None:
             extra = self._fill_extra()
@@ -230,6 +235,7 @@ class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transp
 
     def close(self):
         core = self._core
+        core.flush()   # writes held for the end of the batch: asyncio has sent them already
         core.read_cb = False
         if core.closing:
             return
@@ -379,6 +385,7 @@ class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transp
             self._core.writelines(list_of_data)
 
     def write_eof(self):
+        self._core.flush()
         if self._closing or self._eof:
             return
         self._eof = True
@@ -409,6 +416,7 @@ class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transp
 
     def _force_close(self, exc):
         core = self._core
+        core.flush()   # asyncio has sent what write() was given; the rest is dropped below
         if core.conn_lost:
             return
         loop = core.loop
@@ -446,6 +454,7 @@ class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transp
     # -- sendfile --------------------------------------------------------------------------------
 
     def _make_empty_waiter(self):
+        self._core.flush()
         if self._waiter is not None:
             raise RuntimeError("Empty waiter is already set")
         self._empty_waiter = self._loop.create_future()

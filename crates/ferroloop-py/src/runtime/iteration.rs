@@ -8,6 +8,8 @@
 //! 4. Move due timers (deadline <= now: never early) to the ready queue.
 //! 5. Run the callbacks that are ready now — not the ones they schedule, which wait for the next
 //!    iteration.
+//! 6. Flush the transports that held their writes during the batch (`flush.rs`) — also when a
+//!    callback raised, so nothing written is left unsent when `run_once` returns.
 //!
 //! Python references removed from the queues are dropped only after the queue borrow ends,
 //! because a destructor can run arbitrary Python code.
@@ -17,6 +19,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use ferroloop_core::timeout::Wait;
 use pyo3::prelude::*;
 
+use super::flush;
 use super::handle::Handle;
 use super::io;
 use super::loop_core::{LoopCore, SIGNAL_TOKEN, WAKER_TOKEN};
@@ -86,23 +89,29 @@ pub(crate) fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
     if ntodo > counters.ready_max.get() {
         counters.ready_max.set(ntodo);
     }
-    if timing {
+    flush::begin(this);
+    let result = if timing {
         let mut time = 0.0;
         let result = run_batch::<true>(slf, ntodo, &mut time);
         // t_start is 0 when timing was switched on during this iteration: no split for it.
         if t_start > 0.0 && this.timing.load(Relaxed) {
             let total = this.now() - t_start;
-            this.stats.with(py, |s| {
+            let split = this.stats.with(py, |s| {
                 let t = &mut s.timing;
                 t.callbacks += time;
                 t.idle += idle;
                 t.overhead += (total - time - idle).max(0.0);
-            })?;
+            });
+            result.and(split)
+        } else {
+            result
         }
-        result
     } else {
         run_batch::<false>(slf, ntodo, &mut 0.0)
-    }
+    };
+    // 6. the held writes
+    let flushed = flush::end(slf);
+    result.and(flushed)
 }
 
 /// Run the callbacks that were ready when the batch started. `TIMED`: the clock is read around

@@ -25,6 +25,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyInt, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
+use super::flush::FlushList;
 use super::handle::{self, Handle, TimerHandle};
 use super::iteration;
 use super::slots::Slots;
@@ -70,6 +71,8 @@ pub struct LoopCore {
     pub(super) counters: LiveCounters,
     pub(super) stats: GilCell<Telemetry>,
     pub(super) timing: AtomicBool,
+    /// Transports whose writes of the running batch are held until its end (`flush.rs`).
+    flush: FlushList,
 }
 
 impl LoopCore {
@@ -277,6 +280,7 @@ impl LoopCore {
             counters: LiveCounters::default(),
             stats: GilCell::new(Telemetry::new()),
             timing: AtomicBool::new(false),
+            flush: FlushList::new(),
         })
     }
 
@@ -327,6 +331,11 @@ impl LoopCore {
     }
 
     /// The per-loop slots read by `api::slots::SlotDescriptor`.
+    #[inline]
+    pub(super) fn flush_list(&self) -> &FlushList {
+        &self.flush
+    }
+
     #[inline]
     pub(crate) fn slots(&self) -> &Slots {
         &self.slots
@@ -501,6 +510,7 @@ impl LoopCore {
             }
         }
         self.slots.traverse(visit)?;
+        self.flush.traverse(visit)?;
         Ok(())
     }
 
@@ -510,5 +520,6 @@ impl LoopCore {
         let factory = self.task_factory.with(py, Option::take);
         drop(factory);
         self.slots.clear(py);
+        self.flush.clear(py);
     }
 }

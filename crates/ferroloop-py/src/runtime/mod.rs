@@ -12,12 +12,14 @@
 //! | file | what |
 //! |---|---|
 //! | `loop_core.rs` | `LoopCore`: queues, poller, waker, flags; scheduling (`call_soon` …, `create_task`) |
-//! | `iteration.rs` | one iteration: timers, poll (GIL released), the ready batch |
+//! | `iteration.rs` | one iteration: timers, poll (GIL released), the ready batch, then the flush list |
+//! | `flush.rs` | the flush list: transports whose writes of a batch are sent together at its end (a flush function registered by `transports/`) |
 //! | `io.rs` | readers and writers by fd; level and edge-triggered waits; dispatching poller events |
 //! | `handle.rs` | `Handle` / `TimerHandle`, running a callback in its context, the handle pool |
 //! | `stats.rs` | loop telemetry: always-on counters, opt-in timing (`ferroloop.stats`) |
 //! | `slots.rs` | the storage of the per-loop `call_soon`/`time` slots (`api/slots.rs` reads it) |
 
+pub(crate) mod flush;
 pub(crate) mod handle;
 pub(crate) mod io;
 mod iteration;

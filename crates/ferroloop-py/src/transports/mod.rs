@@ -30,7 +30,7 @@
 //! | `sockops.rs` | `sock_recv` / `sock_sendall`: the attempt, the wait and the clean-up |
 //! | `sockio.rs` | recv/send syscalls with the `socket` module's results and errors |
 //! | `tls.rs` | `TlsProtocol`: the per-record paths of asyncio's `SSLProtocol` (decrypt, encrypt, both flow controls) |
-//! | `stream.rs` | `StreamCore`: state, reading, `write`/`writelines`, the `writev` write buffer and write flow control of ferroloop's socket stream transport (`ferroloop._transports` is its Python half) |
+//! | `stream.rs` | `StreamCore`: state, reading, `write`/`writelines` (writes of a ready batch held and sent together at its end through `runtime::flush`, whose flush function `register` sets), the `writev` write buffer and write flow control of ferroloop's socket stream transport (`ferroloop._transports` is its Python half) |
 
 mod datagram;
 mod pipe;
@@ -57,6 +57,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(process::pidfd_supported, m)?)?;
     m.add_class::<tls::TlsProtocol>()?;
     m.add_class::<stream::StreamCore>()?;
+    crate::runtime::flush::set_flush_fn(stream::flush_held);
     m.add_function(wrap_pyfunction!(sockops::sock_recv, m)?)?;
     m.add_function(wrap_pyfunction!(sockops::sock_sendall, m)?)?;
     Ok(())

@@ -14,10 +14,18 @@
 //!   into the per-thread buffer, then `protocol.data_received(bytes)`; for a `BufferedProtocol`,
 //!   `get_buffer(-1)`, `recv_into`, `buffer_updated(n)`. EOF and errors go to the transport's
 //!   Python methods (`_read_ready__on_eof`, `_fatal_error`) with asyncio's messages.
-//! - writing: `write(data)` (bound once per transport, stored on it) sends at once when nothing is
-//!   buffered; the rest (or all of it on EAGAIN) is buffered — bytes objects by reference, other
+//! - writing: `write(data)` (bound once per transport, stored on it), when nothing waits for the
+//!   writer callback, holds a bytes object until the end of the running ready batch (the core is
+//!   listed once on the loop's flush list, `runtime::flush`; the one held write needs no
+//!   allocation) and [`flush_held`] then sends all the batch's writes with one `send`/`writev`;
+//!   outside a batch, for other bytes-like objects, or when the held bytes would pass the
+//!   high-water mark, everything held and `data` are sent at once. What the send leaves
+//!   (or all of it on EAGAIN) is buffered — bytes objects by reference, other
 //!   bytes-like objects copied, as asyncio 3.11 does — and the writer callback (`_write_ready`)
 //!   sends the buffer with one `writev` per wake-up, as asyncio 3.12's `sendmsg`.
+//! - held writes are invisible to asyncio's contract: `get_write_buffer_size` flushes first, and
+//!   the Python half flushes before `close`, `write_eof`, `_force_close`, sendfile and handing out
+//!   the socket; a send error at the end of the batch is asyncio's fatal write error.
 //! - flow control: `pause_writing` when a write leaves more than the high-water mark buffered,
 //!   `resume_writing` when a send leaves the low-water mark or less (asyncio's
 //!   `_maybe_pause_protocol`/`_maybe_resume_protocol`, called at the same points).
@@ -34,6 +42,7 @@ use pyo3::PyTraverseError;
 use super::sockio::{self, Io};
 use crate::errors;
 use crate::gil::GilCell;
+use crate::runtime::LoopCore;
 
 const READ_FAILED: &str = "Fatal read error on socket transport";
 const WRITE_FAILED: &str = "Fatal write error on socket transport";
@@ -47,19 +56,24 @@ pub(crate) enum Chunk {
     Owned(Box<[u8]>),
 }
 
+/// The contents of a bytes object held by reference.
+fn bytes_of(b: &Py<PyBytes>) -> &[u8] {
+    // SAFETY: a bytes object is immutable and its buffer lives as long as the object, which the
+    // caller holds a reference to for the slice's lifetime. Reading its data pointer and size
+    // needs no GIL (no reference count changes, no Python code).
+    unsafe {
+        let p = b.as_ptr();
+        std::slice::from_raw_parts(
+            ffi::PyBytes_AS_STRING(p) as *const u8,
+            ffi::Py_SIZE(p) as usize,
+        )
+    }
+}
+
 impl AsRef<[u8]> for Chunk {
     fn as_ref(&self) -> &[u8] {
         match self {
-            // SAFETY: a bytes object is immutable and its buffer lives as long as the object,
-            // which this chunk owns a reference to. Reading its data pointer and size needs no
-            // GIL (no reference count changes, no Python code).
-            Chunk::Bytes(b) => unsafe {
-                let p = b.as_ptr();
-                std::slice::from_raw_parts(
-                    ffi::PyBytes_AsString(p) as *const u8,
-                    ffi::PyBytes_Size(p) as usize,
-                )
-            },
+            Chunk::Bytes(b) => bytes_of(b),
             Chunk::Owned(v) => v,
         }
     }
@@ -87,6 +101,14 @@ struct State {
     /// The write buffer, allocated when something is buffered and freed when it drains (an
     /// idle connection keeps one pointer).
     queue: Option<Box<WriteQueue<Chunk>>>,
+    /// Writes of the running batch are held (the core is on the loop's flush list): in
+    /// `deferred` when there is one (no allocation), else all in `queue`, which then holds
+    /// nothing else. Never set while bytes wait for the writer callback.
+    pending: bool,
+    /// The one held write (a bytes object, by reference).
+    deferred: Option<Py<PyBytes>>,
+    /// `loop_` is a `LoopCore` (checked on the first held write; `None`: not yet known).
+    loop_is_core: Option<bool>,
     /// `_protocol_paused`.
     protocol_paused: bool,
     /// Marks set by `set_write_buffer_limits`; `None`: asyncio's defaults.
@@ -103,8 +125,21 @@ struct Marks {
 }
 
 impl State {
+    /// Bytes not yet sent: buffered or held.
     fn size(&self) -> usize {
-        self.queue.as_ref().map_or(0, |q| q.size())
+        self.queue.as_ref().map_or(0, |q| q.size()) + self.deferred.as_ref().map_or(0, |b| bytes_of(b).len())
+    }
+
+    /// The high-water mark.
+    fn high(&self) -> u64 {
+        self.marks.as_ref().map_or_else(|| Limits::default().high, |m| m.limits.high)
+    }
+
+    /// Move the held single write into the queue (before appending to it).
+    fn spill(&mut self) {
+        if let Some(b) = self.deferred.take() {
+            self.queue().push(Chunk::Bytes(b));
+        }
     }
 
     fn queue(&mut self) -> &mut WriteQueue<Chunk> {
@@ -314,6 +349,127 @@ impl StreamCore {
             }
         }
     }
+
+    /// Hold `data` (`len` bytes) until the end of the running batch, when the buffer holds
+    /// nothing but held writes (`size` bytes) and holding keeps it within the high-water mark
+    /// (above it, asyncio may pause the protocol now: the caller sends at once). `Ok(false)`:
+    /// not held (no batch running, or over the mark).
+    fn hold(
+        slf: &Bound<'_, Self>,
+        data: &Bound<'_, PyBytes>,
+        len: usize,
+        size: usize,
+    ) -> PyResult<bool> {
+        let py = slf.py();
+        slf.get().state(py, |s| {
+            if (size + len) as u64 > s.high() || s.transport.is_none() {
+                return Ok(false);
+            }
+            if s.pending {
+                s.spill();
+                s.queue().push(Chunk::Bytes(data.clone().unbind()));
+                return Ok(true);
+            }
+            let Some(l) = s.loop_.as_ref() else {
+                return Ok(false);
+            };
+            let l = l.bind(py);
+            if !*s
+                .loop_is_core
+                .get_or_insert_with(|| l.is_instance_of::<LoopCore>())
+            {
+                return Ok(false);
+            }
+            // SAFETY: `l` is an instance of `LoopCore` (checked above, once per loop object).
+            let lp = unsafe { l.cast_unchecked::<LoopCore>() };
+            if !lp.get().defer_flush(slf.as_any())? {
+                return Ok(false);
+            }
+            s.pending = true;
+            s.deferred = Some(data.clone().unbind());
+            Ok(true)
+        })?
+    }
+
+    /// Send the held writes (one `send`, or one `writev` of several), then what asyncio's
+    /// `write` does after its first send: the rest is buffered for the writer callback, and
+    /// `_maybe_pause_protocol`; a send error is asyncio's fatal write error.
+    fn flush(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let Some((single, live)) = this.state(py, |s| {
+            if !s.pending {
+                return None;
+            }
+            s.pending = false;
+            Some((s.deferred.take(), s.conn_lost == 0 && s.transport.is_some()))
+        })?
+        else {
+            return Ok(());
+        };
+        if !live {
+            // The connection is gone (the socket may be closed): nothing can be sent.
+            drop(single);
+            let old = this.state(py, |s| s.queue.take())?;
+            drop(old);
+            return Ok(());
+        }
+        let res = if let Some(b) = single {
+            let data = bytes_of(&b);
+            let res = sockio::send(py, this.fd, data);
+            match res {
+                Ok(Io::Done(n)) if n >= data.len() => {
+                    drop(b.into_bound(py)); // a direct decref
+                    return Ok(());
+                }
+                Ok(Io::Done(n)) => this.state(py, |s| s.queue().push_rest(Chunk::Bytes(b), n))?,
+                Ok(Io::WouldBlock) => this.state(py, |s| s.queue().push_rest(Chunk::Bytes(b), 0))?,
+                Err(err) => {
+                    let Some(tr) = this.transport(py)? else {
+                        return Ok(());
+                    };
+                    return Self::fatal(&tr, err, WRITE_FAILED);
+                }
+            }
+            Ok(())
+        } else {
+            let mut done = Vec::new();
+            let res = this.state(py, |s| match s.queue.as_mut() {
+                Some(q) => q.write_to(this.fd, &mut done).map(|_| ()),
+                None => Ok(()),
+            })?;
+            drop(done);
+            res
+        };
+        let Some(tr) = this.transport(py)? else {
+            return Ok(());
+        };
+        match res {
+            Ok(()) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) => {}
+            Err(e) => {
+                let old = this.state(py, |s| s.queue.take())?;
+                drop(old);
+                return Self::fatal(&tr, errors::from_io(py, e), WRITE_FAILED);
+            }
+        }
+        if this.state(py, |s| {
+            s.trim();
+            s.size() == 0
+        })? {
+            return Ok(());
+        }
+        let loop_ = tr.getattr(intern!(py, "_loop"))?;
+        Self::add_writer(slf, &loop_)?;
+        this.maybe_pause(py, &tr)
+    }
+}
+
+/// The flush function of the loop's flush list (`runtime::flush`): `obj` is a `StreamCore`.
+pub(crate) fn flush_held(obj: &Bound<'_, PyAny>) -> PyResult<()> {
+    debug_assert!(obj.is_exact_instance_of::<StreamCore>());
+    // SAFETY: only `StreamCore::hold` lists objects on the flush list, and it lists itself.
+    StreamCore::flush(unsafe { obj.cast_unchecked::<StreamCore>() })
 }
 
 #[pymethods]
@@ -337,6 +493,9 @@ impl StreamCore {
                 paused: false,
                 sendfile: false,
                 queue: None,
+                pending: false,
+                deferred: None,
+                loop_is_core: None,
                 protocol_paused: false,
                 marks: None,
             }),
@@ -450,19 +609,35 @@ impl StreamCore {
 
     #[setter]
     fn set_loop(&self, py: Python<'_>, value: Option<Py<PyAny>>) -> PyResult<()> {
-        let old = self.state(py, |s| std::mem::replace(&mut s.loop_, value))?;
+        let old = self.state(py, |s| {
+            s.loop_is_core = None;
+            std::mem::replace(&mut s.loop_, value)
+        })?;
         drop(old);
         Ok(())
     }
 
-    /// `get_write_buffer_size()`.
-    fn get_write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
-        self.state(py, |s| s.size())
+    /// `get_write_buffer_size()`: held writes are sent first (asyncio would have sent them
+    /// in `write`), so the size is what asyncio reports.
+    fn get_write_buffer_size(slf: &Bound<'_, Self>) -> PyResult<usize> {
+        Self::flush(slf)?;
+        slf.get().state(slf.py(), |s| s.size())
     }
 
-    /// Drop the buffer (asyncio's `self._buffer.clear()`).
+    /// Send the writes held for the end of the batch now (see `flush`); the Python half calls
+    /// it first in `close`, `write_eof`, `abort`/`_force_close` and wherever the socket is used
+    /// directly, as asyncio would have sent them already.
+    #[pyo3(name = "flush")]
+    fn py_flush(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::flush(slf)
+    }
+
+    /// Drop the buffer (asyncio's `self._buffer.clear()`), held writes included.
     fn clear_buffer(&self, py: Python<'_>) -> PyResult<()> {
-        let old = self.state(py, |s| s.queue.take())?;
+        let old = self.state(py, |s| {
+            s.pending = false;
+            (s.queue.take(), s.deferred.take())
+        })?;
         drop(old);
         Ok(())
     }
@@ -542,15 +717,36 @@ impl StreamCore {
         if !this.check_write(py, data, "write")? {
             return Ok(());
         }
+        let (lost, size, pending) = this.state(py, |s| (s.conn_lost, s.size(), s.pending))?;
+        if lost == 0 && (size == 0 || pending) {
+            // Held until the end of the batch, to go out with the batch's other writes.
+            if let Ok(b) = data.cast_exact::<PyBytes>() {
+                if Self::hold(slf, b, b.as_bytes().len(), size)? {
+                    return Ok(());
+                }
+            }
+        }
         let Some(tr) = this.transport(py)? else {
             return Ok(());
         };
-        let (lost, empty) = this.state(py, |s| (s.conn_lost, s.size() == 0))?;
         if lost > 0 {
             tr.call_method0(intern!(py, "_write_after_lost"))?;
             return Ok(());
         }
-        if empty {
+        if pending {
+            // Over the high-water mark, or not a bytes object: everything held goes now,
+            // followed by `data` (uvloop's fast path), so the pause comes when asyncio's would.
+            let chunk = match Self::chunk(data) {
+                Some(c) => c,
+                None => Self::contiguous(py, data)?,
+            };
+            this.state(py, |s| {
+                s.spill();
+                s.queue().push(chunk);
+            })?;
+            return Self::flush(slf);
+        }
+        if size == 0 {
             // Optimization (asyncio's): try to send now.
             let sent = match sockio::with_bytes(data, |b| (sockio::send(py, this.fd, b), b.len())) {
                 Some((r, len)) => r.map(|r| (r, len)),
@@ -627,6 +823,11 @@ impl StreamCore {
             });
         }
         this.state(py, |s| {
+            // asyncio sent the held writes already: they go first, in the same writev.
+            if s.pending {
+                s.pending = false;
+                s.spill();
+            }
             for c in chunks {
                 s.queue().push(c);
             }
@@ -647,8 +848,12 @@ impl StreamCore {
         let Some(tr) = this.transport(py)? else {
             return Ok(());
         };
-        if this.state(py, |s| s.conn_lost)? > 0 {
+        let (lost, pending) = this.state(py, |s| (s.conn_lost, s.pending))?;
+        if lost > 0 {
             return Ok(());
+        }
+        if pending {
+            return Self::flush(slf);
         }
         if this.send_buffer(py, &tr)? {
             return Ok(());
@@ -668,6 +873,9 @@ impl StreamCore {
             for o in [&s.transport, &s.loop_, &s.protocol].into_iter().flatten() {
                 visit.call(o)?;
             }
+            if let Some(b) = &s.deferred {
+                visit.call(b)?;
+            }
             if let Some(m) = &s.marks {
                 visit.call(&m.high)?;
                 visit.call(&m.low)?;
@@ -681,11 +889,13 @@ impl StreamCore {
             let old = self
                 .st
                 .with(py, |s| {
+                    s.pending = false;
                     (
                         s.transport.take(),
                         s.loop_.take(),
                         s.protocol.take(),
                         s.marks.take(),
+                        s.deferred.take(),
                     )
                 })
                 .ok();
