@@ -212,7 +212,9 @@ class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transp
 
     def get_extra_info(self, name, default=None):
         extra = self._extra
-        if not self._extra_ready and self._sock is not None:
+        # Only the three socket-derived names make the dict: any other name (streams ask every
+        # connection for 'sslcontext') is in the extra given to the constructor, or absent.
+        if not self._extra_ready and name in _EXTRA_FROM_SOCKET and self._sock is not None:
             extra = self._fill_extra()
         elif extra is None:
             return default
