@@ -49,6 +49,7 @@ _BufferedProtocol = _protocols.BufferedProtocol
 _EXTRA_FROM_SOCKET = frozenset(('socket', 'sockname', 'peername'))
 _Accepted = _ferroloop.Accepted
 _accept = _ferroloop.accept
+_FILLED = object()  # _peer once _extra has the socket-derived entries
 _LAZY = object()  # _sockobj of an accepted connection whose socket.socket is not made yet
 
 
@@ -77,10 +78,11 @@ def _mark_floor(value):
 class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transport):
 
     # _peer: the peer address an accepting server passes as extra={'peername': addr}, kept
-    # without that dict until get_extra_info needs one.
+    # without that dict until get_extra_info needs one; _FILLED once the socket-derived entries
+    # are in _extra.
     # _sockobj: the socket, or _LAZY for a connection accepted as an fd (accept_connection) until
     # `_sock` is asked for; None once closed.
-    __slots__ = ('_core', '_sockobj', '_server', '_waiter', '_extra_ready', '_peer', 'write',
+    __slots__ = ('_core', '_sockobj', '_server', '_waiter', '_peer', 'write',
                  '__weakref__')
 
     # _FlowControlMixin (as asyncio's transport: base_events' sendfile fallback checks for it) has
@@ -99,7 +101,6 @@ class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transp
         else:
             self._peer = None
         self._extra = extra
-        self._extra_ready = False
         if sock.__class__ is _Accepted:
             # The fd, the socket's kind and the peer address move into the core; TCP_NODELAY is
             # set (accept.rs).
@@ -108,6 +109,7 @@ class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transp
         else:
             self._sockobj = sock
             core = self._core = _StreamCore(self, loop, sock.fileno(), self.max_size)
+        fd = core.fd  # one int object for both registrations below
         self.write = core.write
         self._waiter = None
         self.set_protocol(protocol)
@@ -117,14 +119,14 @@ class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transp
                 server._attach(self)
             else:
                 server._attach()
-        loop._transports[core.fd] = self
+        loop._transports[fd] = self
         if self._sockobj is not _LAZY:
             # Disable the Nagle algorithm -- small writes will be sent without waiting for the
             # TCP ACK.
             _base_events._set_nodelay(sock)
         loop.call_soon(protocol.connection_made, self)
         # only start reading when connection_made() has been called
-        loop.call_soon(self._add_reader, core.fd, core)
+        loop.call_soon(self._add_reader, fd, core)
         if waiter is not None:
             # only wake up the waiter when connection_made() has been called
             loop.call_soon(_futures._set_result_unless_cancelled, waiter, None)
@@ -217,7 +219,6 @@ class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transp
 
     def _fill_extra(self):
         # asyncio's _SelectorTransport.__init__ fills these at once; here on first use.
-        self._extra_ready = True
         extra = self._extra
         if extra is None:
             extra = self._extra = {}
@@ -226,7 +227,7 @@ class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transp
             peer = self._core.peername()  # an accepted connection's, else None
         if peer is not None:
             extra['peername'] = peer
-            self._peer = None
+        self._peer = _FILLED
         sock = self._sock
         extra['socket'] = _trsock.TransportSocket(sock)
         try:
@@ -244,7 +245,7 @@ class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transp
         extra = self._extra
         # Only the three socket-derived names make the dict: any other name (streams ask every
         # connection for 'sslcontext') is in the extra given to the constructor, or absent.
-        if not self._extra_ready and name in _EXTRA_FROM_SOCKET and self._sockobj is not None:
+        if self._peer is not _FILLED and name in _EXTRA_FROM_SOCKET and self._sockobj is not None:
             extra = self._fill_extra()
         elif extra is None:
             return default
@@ -459,7 +460,7 @@ class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transp
             if core.protocol_connected:
                 core.protocol.connection_lost(exc)
         finally:
-            if not self._extra_ready:
+            if self._peer is not _FILLED:
                 self._fill_extra()
             self._sock.close()
             self._sock = None
@@ -520,7 +521,7 @@ def accept_connection(
     raw peer address (``Accepted``), and its ``socket.socket`` is made only if asked for. TLS
     servers, debug mode (which logs the socket), other socket kinds: asyncio's own method."""
     if (sslcontext or self._debug or sock.__class__ is not socket.socket
-            or sock.family not in _INET or sock.type != socket.SOCK_STREAM):
+            or sock.family not in _INET or sock.type != socket.SOCK_STREAM or sock.proto > 255):
         return _asyncio_accept_connection(
             self, protocol_factory, sock, sslcontext, server, backlog,
             ssl_handshake_timeout, ssl_shutdown_timeout)

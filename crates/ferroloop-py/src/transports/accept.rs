@@ -10,7 +10,8 @@
 //! transport makes the `socket.socket` only when `_sock` or `get_extra_info('socket')` is
 //! asked for (or to close the connection).
 //!
-//! An `Accepted` never taken over (the protocol factory raised) closes its fd when it is freed.
+//! An `Accepted` never taken over (the protocol factory raised) is freed as asyncio's unclosed
+//! socket would be: a `socket.socket` is made for the fd and dropped, which warns and closes.
 //! `TCP_NODELAY` is set here when asyncio's `_set_nodelay` would set it (stream socket, proto
 //! `IPPROTO_TCP`).
 
@@ -31,19 +32,20 @@ extern "C" {
     ) -> *const libc::c_char;
 }
 
-/// A peer address of an accepted TCP connection, as the kernel returned it.
-#[derive(Clone, Copy, Debug)]
+/// A peer address of an accepted TCP connection, as the kernel returned it; an IPv6 one boxed,
+/// so that the `StreamCore` holding it stays in a smaller allocation size class.
+#[derive(Clone, Debug)]
 pub(crate) enum Peer {
-    V4 {
-        addr: [u8; 4],
-        port: u16,
-    },
-    V6 {
-        addr: [u8; 16],
-        port: u16,
-        flowinfo: u32,
-        scope_id: u32,
-    },
+    V4 { addr: [u8; 4], port: u16 },
+    V6(Box<PeerV6>),
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct PeerV6 {
+    addr: [u8; 16],
+    port: u16,
+    flowinfo: u32,
+    scope_id: u32,
 }
 
 impl Peer {
@@ -61,12 +63,12 @@ impl Peer {
             libc::AF_INET6 => {
                 // SAFETY: as above, for sockaddr_in6.
                 let a = unsafe { &*(ss as *const _ as *const libc::sockaddr_in6) };
-                Some(Peer::V6 {
+                Some(Peer::V6(Box::new(PeerV6 {
                     addr: a.sin6_addr.s6_addr,
                     port: u16::from_be(a.sin6_port),
                     flowinfo: u32::from_be(a.sin6_flowinfo),
                     scope_id: a.sin6_scope_id,
-                })
+                })))
             }
             _ => None,
         }
@@ -74,11 +76,11 @@ impl Peer {
 
     /// The address as the socket module gives it (`makesockaddr`): `(host, port)` for IPv4,
     /// `(host, port, flowinfo, scope_id)` for IPv6, the host written by `inet_ntop`.
-    pub(crate) fn to_object(self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+    pub(crate) fn to_object(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let mut buf = [0 as libc::c_char; 64];
-        let (af, src): (i32, *const libc::c_void) = match &self {
+        let (af, src): (i32, *const libc::c_void) = match self {
             Peer::V4 { addr, .. } => (libc::AF_INET, addr.as_ptr().cast()),
-            Peer::V6 { addr, .. } => (libc::AF_INET6, addr.as_ptr().cast()),
+            Peer::V6(v6) => (libc::AF_INET6, v6.addr.as_ptr().cast()),
         };
         // SAFETY: `src` points to an address of the family's size, `buf` is larger than
         // INET6_ADDRSTRLEN; inet_ntop writes a NUL-terminated string or returns NULL.
@@ -91,13 +93,8 @@ impl Peer {
                 .into_owned()
         };
         Ok(match self {
-            Peer::V4 { port, .. } => (host, port).into_pyobject(py)?.into_any().unbind(),
-            Peer::V6 {
-                port,
-                flowinfo,
-                scope_id,
-                ..
-            } => (host, port, flowinfo, scope_id)
+            Peer::V4 { port, .. } => (host, *port).into_pyobject(py)?.into_any().unbind(),
+            Peer::V6(v6) => (host, v6.port, v6.flowinfo, v6.scope_id)
                 .into_pyobject(py)?
                 .into_any()
                 .unbind(),
@@ -108,9 +105,9 @@ impl Peer {
 /// What the listening socket gives its accepted sockets: `family`, `type`, `proto`.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct SockKind {
-    pub family: u16,
-    pub sotype: u16,
-    pub proto: u16,
+    pub family: u8,
+    pub sotype: u8,
+    pub proto: u8,
 }
 
 /// An accepted connection not yet taken over by a transport (see the module docs).
@@ -131,7 +128,21 @@ impl Accepted {
 impl Drop for Accepted {
     fn drop(&mut self) {
         let fd = *self.fd.get_mut();
-        if fd >= 0 {
+        if fd < 0 {
+            return;
+        }
+        // Never taken over (the protocol factory raised): asyncio's accepted socket.socket
+        // would be freed unclosed here, warning "unclosed <socket.socket ...>" as it closes.
+        // Make that socket and let it go, so the same warning is given.
+        let k = self.kind;
+        let made = Python::attach(|py| {
+            py.import("socket")
+                .and_then(|m| m.getattr("socket"))
+                .and_then(|cls| cls.call1((k.family, k.sotype, k.proto, fd)))
+                .map(drop)
+                .is_ok()
+        });
+        if !made {
             // SAFETY: the fd is this object's own (accept4 returned it, nobody took it).
             unsafe { libc::close(fd) };
         }
@@ -164,9 +175,9 @@ impl Accepted {
 pub(crate) fn accept(
     py: Python<'_>,
     listen_fd: i32,
-    family: u16,
-    sotype: u16,
-    proto: u16,
+    family: u8,
+    sotype: u8,
+    proto: u8,
 ) -> PyResult<Option<Accepted>> {
     let mut ss = MaybeUninit::<libc::sockaddr_storage>::zeroed();
     let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;

@@ -338,7 +338,7 @@ impl StreamCore {
         let (fd, kind, peer) = match accepted {
             Some(a) => {
                 let a = a.get();
-                (a.take_fd(), a.kind, Some(a.peer))
+                (a.take_fd(), a.kind, Some(a.peer.clone()))
             }
             None => (fd, SockKind::default(), None),
         };
@@ -372,14 +372,14 @@ impl StreamCore {
     }
 
     /// `(family, type, proto)` of the `socket.socket` to make for an accepted connection.
-    fn sock_kind(&self) -> (u16, u16, u16) {
+    fn sock_kind(&self) -> (u8, u8, u8) {
         (self.kind.family, self.kind.sotype, self.kind.proto)
     }
 
     /// The peer address `accept` returned, as the socket module gives it (`None` for a
     /// transport made from a socket object).
     fn peername(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        self.peer.map(|p| p.to_object(py)).transpose()
+        self.peer.as_ref().map(|p| p.to_object(py)).transpose()
     }
 
     #[getter]
