@@ -186,6 +186,86 @@ def test_extra_info(h, family, tmp_path):
     assert h.errors == []
 
 
+@pytest.mark.parametrize('host', ['127.0.0.1', '::1'])
+def test_accepted_connection_socket_and_addresses(h, host):
+    # A TCP server's transport: the socket asyncio makes in its accept (the listener's family,
+    # type and proto, non-blocking, the same fd), and the addresses accept and getsockname gave.
+    loop = h.loop
+    if host == '::1' and not socket.has_ipv6:
+        pytest.fail('IPv6 loopback needed')
+
+    async def main():
+        servers = []
+        srv = await loop.create_server(lambda: servers.append(Rec(loop)) or servers[-1], host, 0)
+        lsock = srv.sockets[0]
+        ctr, cp = await loop.create_connection(lambda: Rec(loop), host, lsock.getsockname()[1])
+        while not servers or servers[0].transport is None:
+            await asyncio.sleep(0.001)
+        str_ = servers[0].transport
+        peer = str_.get_extra_info('peername')
+        assert peer == ctr.get_extra_info('sockname')
+        assert type(peer) is tuple and type(peer[0]) is str and type(peer[1]) is int
+        assert len(peer) == (2 if host == '127.0.0.1' else 4)
+        assert str_.get_extra_info('sockname') == lsock.getsockname()
+        sock = str_._sock
+        assert type(sock) is socket.socket and str_._sock is sock
+        assert (sock.family, sock.type, sock.proto) == (lsock.family, lsock.type, lsock.proto)
+        assert sock.gettimeout() == 0.0
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        tsock = str_.get_extra_info('socket')
+        assert isinstance(tsock, asyncio.trsock.TransportSocket)
+        assert tsock.fileno() == sock.fileno() == str_._sock_fd
+        ctr.write(b'ping')
+        while bytes(servers[0].data) != b'ping':
+            await asyncio.sleep(0.001)
+        await shut(srv, ctr, str_)
+        await servers[0].lost
+        assert sock.fileno() == -1
+        assert str_.get_extra_info('peername') == peer
+
+    h.run(main())
+    assert h.errors == []
+
+
+def test_failing_protocol_factory_leaves_no_fd_open(h):
+    loop = h.loop
+
+    def fds():
+        return len(os.listdir('/proc/self/fd'))
+
+    async def main():
+        calls = []
+
+        def factory():
+            calls.append(1)
+            raise ZeroDivisionError
+
+        srv = await loop.create_server(factory, '127.0.0.1', 0)
+        port = srv.sockets[0].getsockname()[1]
+        before = fds()
+        clients = [socket.create_connection(('127.0.0.1', port)) for _ in range(5)]
+        while len(calls) < 5:
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.01)
+        gc.collect()
+        # The accepted sockets are closed: each client sees EOF.
+        for c in clients:
+            c.settimeout(5)
+            assert c.recv(1) == b''
+            c.close()
+        assert fds() == before
+        srv.close()
+        await srv.wait_closed()
+
+    # asyncio frees each accepted socket unclosed: one ResourceWarning per connection.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always', ResourceWarning)
+        h.run(main())
+    unclosed = [w for w in caught if issubclass(w.category, ResourceWarning)
+                and str(w.message).startswith('unclosed <socket.socket fd=')]
+    assert len(unclosed) == 5
+
+
 def test_transports_are_registered_on_the_loop(h, tmp_path):
     loop = h.loop
 

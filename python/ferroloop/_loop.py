@@ -249,6 +249,8 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
 
     # Socket transports whose per-message path is Rust (ferroloop/_transports.py).
     _make_socket_transport = _transports.make_socket_transport
+    # TCP servers accept into an fd and a raw peer address, no socket object (_transports.py).
+    _accept_connection = _transports.accept_connection
     # TLS: asyncio's SSLProtocol with its per-record paths in Rust (ferroloop/_tls.py).
     _make_ssl_transport = _tls.make_ssl_transport
     start_tls = _tls.start_tls

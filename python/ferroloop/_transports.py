@@ -22,6 +22,7 @@ this class, so it builds it with exactly the stdlib's steps for the running vers
 does the same for TLS).
 """
 
+import errno as _errno
 import math
 import selectors
 import socket
@@ -49,6 +50,10 @@ _test_selector_event = _selector_events._test_selector_event
 _StreamCore = _ferroloop.StreamCore
 _BufferedProtocol = _protocols.BufferedProtocol
 _EXTRA_FROM_SOCKET = frozenset(('socket', 'sockname', 'peername'))
+_Accepted = _ferroloop.Accepted
+_accept = _ferroloop.accept
+_FILLED = object()  # _peer once _extra has the socket-derived entries
+_LAZY = object()  # _sockobj of an accepted connection whose socket.socket is not made yet
 
 
 def _core_property(name, doc=None):
@@ -76,8 +81,11 @@ def _mark_floor(value):
 class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transport):
 
     # _peer: the peer address an accepting server passes as extra={'peername': addr}, kept
-    # without that dict until get_extra_info needs one.
-    __slots__ = ('_core', '_sock', '_server', '_waiter', '_extra_ready', '_peer', 'write',
+    # without that dict until get_extra_info needs one; _FILLED once the socket-derived entries
+    # are in _extra.
+    # _sockobj: the socket, or _LAZY for a connection accepted as an fd (accept_connection) until
+    # `_sock` is asked for; None once closed.
+    __slots__ = ('_core', '_sockobj', '_server', '_waiter', '_peer', 'write',
                  '__weakref__')
 
     # _FlowControlMixin (as asyncio's transport: base_events' sendfile fallback checks for it) has
@@ -96,9 +104,15 @@ class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transp
         else:
             self._peer = None
         self._extra = extra
-        self._extra_ready = False
-        self._sock = sock
-        core = self._core = _StreamCore(self, loop, sock.fileno(), self.max_size)
+        if sock.__class__ is _Accepted:
+            # The fd, the socket's kind and the peer address move into the core; TCP_NODELAY is
+            # set (accept.rs).
+            self._sockobj = _LAZY
+            core = self._core = _StreamCore(self, loop, -1, self.max_size, sock)
+        else:
+            self._sockobj = sock
+            core = self._core = _StreamCore(self, loop, sock.fileno(), self.max_size)
+        fd = core.fd  # one int object for both registrations below
         self.write = core.write
         self._waiter = None
         self.set_protocol(protocol)
@@ -108,13 +122,14 @@ class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transp
                 server._attach(self)
             else:
                 server._attach()
-        loop._transports[core.fd] = self
-        # Disable the Nagle algorithm -- small writes will be sent without waiting for the TCP
-        # ACK.
-        _base_events._set_nodelay(sock)
+        loop._transports[fd] = self
+        if self._sockobj is not _LAZY:
+            # Disable the Nagle algorithm -- small writes will be sent without waiting for the
+            # TCP ACK.
+            _base_events._set_nodelay(sock)
         loop.call_soon(protocol.connection_made, self)
         # only start reading when connection_made() has been called
-        loop.call_soon(self._add_reader, core.fd, core)
+        loop.call_soon(self._add_reader, fd, core)
         if waiter is not None:
             # only wake up the waiter when connection_made() has been called
             loop.call_soon(_futures._set_result_unless_cancelled, waiter, None)
@@ -140,6 +155,20 @@ class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transp
     @property
     def _sock_fd(self):
         return self._core.fd
+
+    @property
+    def _sock(self):
+        sock = self._sockobj
+        if sock is _LAZY:
+            # An accepted connection: the socket.socket asyncio's accept would have made.
+            family, type_, proto = self._core.sock_kind()
+            sock = self._sockobj = socket.socket(family, type_, proto, self._core.fd)
+            sock.setblocking(False)
+        return sock
+
+    @_sock.setter
+    def _sock(self, sock):
+        self._sockobj = sock
 
     @property
     def _read_ready(self):
@@ -175,7 +204,7 @@ class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transp
 
     def __repr__(self):
         info = [self.__class__.__name__]
-        if self._sock is None:
+        if self._sockobj is None:
             info.append('closed')
         elif self._closing:
             info.append('closing')
@@ -193,13 +222,15 @@ class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transp
 
     def _fill_extra(self):
         # asyncio's _SelectorTransport.__init__ fills these at once; here on first use.
-        self._extra_ready = True
         extra = self._extra
         if extra is None:
             extra = self._extra = {}
-        if self._peer is not None:
-            extra['peername'] = self._peer
-            self._peer = None
+        peer = self._peer
+        if peer is None:
+            peer = self._core.peername()  # an accepted connection's, else None
+        if peer is not None:
+            extra['peername'] = peer
+        self._peer = _FILLED
         sock = self._sock
         extra['socket'] = _trsock.TransportSocket(sock)
         try:
@@ -217,7 +248,9 @@ class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transp
         if name == 'socket':
             self._core.flush()   # direct use of the socket comes after the transport's writes
         extra = self._extra
-        if not self._extra_ready and self._sock is not None:
+        # Only the three socket-derived names make the dict: any other name (streams ask every
+        # connection for 'sslcontext') is in the extra given to the constructor, or absent.
+        if self._peer is not _FILLED and name in _EXTRA_FROM_SOCKET and self._sockobj is not None:
             extra = self._fill_extra()
         elif extra is None:
             return default
@@ -248,7 +281,7 @@ class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transp
             loop.call_soon(self._call_connection_lost, None)
 
     def __del__(self, _warn=warnings.warn):
-        if getattr(self, '_sock', None) is not None:
+        if getattr(self, '_sockobj', None) is not None:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             self._sock.close()
             if _SERVER_TRACKS and self._server is not None:
@@ -435,7 +468,7 @@ class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transp
             if core.protocol_connected:
                 core.protocol.connection_lost(exc)
         finally:
-            if not self._extra_ready:
+            if self._peer is not _FILLED:
                 self._fill_extra()
             self._sock.close()
             self._sock = None
@@ -480,3 +513,60 @@ def rebind(func, **names):
 
 make_socket_transport = rebind(_selector_events.BaseSelectorEventLoop._make_socket_transport,
                                _SelectorSocketTransport=_SelectorSocketTransport)
+
+
+_asyncio_accept_connection = _selector_events.BaseSelectorEventLoop._accept_connection
+_INET = frozenset((socket.AF_INET, socket.AF_INET6))
+
+
+def accept_connection(
+        self, protocol_factory, sock,
+        sslcontext=None, server=None, backlog=100,
+        ssl_handshake_timeout=_constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout=_constants.SSL_SHUTDOWN_TIMEOUT):
+    """asyncio's ``BaseSelectorEventLoop._accept_connection`` (the listening socket's reader),
+    with ``sock.accept()`` + ``conn.setblocking(False)`` done by ``_ferroloop.accept`` for a plain
+    TCP server: the connection reaches ``_accept_connection2`` and the transport as an fd and a
+    raw peer address (``Accepted``), and its ``socket.socket`` is made only if asked for. TLS
+    servers, debug mode (which logs the socket), other socket kinds: asyncio's own method."""
+    if (sslcontext or self._debug or sock.__class__ is not socket.socket
+            or sock.family not in _INET or sock.type != socket.SOCK_STREAM or sock.proto > 255):
+        return _asyncio_accept_connection(
+            self, protocol_factory, sock, sslcontext, server, backlog,
+            ssl_handshake_timeout, ssl_shutdown_timeout)
+    fd = sock.fileno()
+    family, type_, proto = sock.family, sock.type, sock.proto
+    # This method is only called once for each event loop tick where the listening socket has
+    # triggered an EVENT_READ. There may be multiple connections waiting for an .accept() so it
+    # is called in a loop. See https://bugs.python.org/issue27906 for more details.
+    for _ in range(backlog):
+        try:
+            conn = _accept(fd, family, type_, proto)
+            if conn is None:
+                # Early exit because the socket accept buffer is empty (EAGAIN, EINTR,
+                # ECONNABORTED: asyncio's BlockingIOError, InterruptedError,
+                # ConnectionAbortedError).
+                return None
+        except OSError as exc:
+            # There's nowhere to send the error, so just log it.
+            if exc.errno in (_errno.EMFILE, _errno.ENFILE, _errno.ENOBUFS, _errno.ENOMEM):
+                # Some platforms (e.g. Linux keep reporting the FD as ready, so we remove the
+                # read handler temporarily. We'll try again in a while.
+                self.call_exception_handler({
+                    'message': 'socket.accept() out of system resource',
+                    'exception': exc,
+                    'socket': _trsock.TransportSocket(sock),
+                })
+                self._remove_reader(sock.fileno())
+                self.call_later(_constants.ACCEPT_RETRY_DELAY,
+                                self._start_serving,
+                                protocol_factory, sock, sslcontext, server,
+                                backlog, ssl_handshake_timeout,
+                                ssl_shutdown_timeout)
+            else:
+                raise  # The event loop will catch, log and ignore it.
+        else:
+            accept = self._accept_connection2(
+                protocol_factory, conn, None, sslcontext, server,
+                ssl_handshake_timeout, ssl_shutdown_timeout)
+            self.create_task(accept)

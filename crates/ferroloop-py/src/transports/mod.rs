@@ -30,8 +30,10 @@
 //! | `sockops.rs` | `sock_recv` / `sock_sendall`: the attempt, the wait and the clean-up |
 //! | `sockio.rs` | recv/send syscalls with the `socket` module's results and errors |
 //! | `tls.rs` | `TlsProtocol`: the per-record paths of asyncio's `SSLProtocol` (decrypt, encrypt, both flow controls) |
+//! | `accept.rs` | `accept`: a TCP connection accepted as an fd and a raw peer address (`Accepted`), no `socket.socket` until asked for |
 //! | `stream.rs` | `StreamCore`: state, reading, `write`/`writelines` (writes of a ready batch held and sent together at its end through `runtime::flush`, whose flush function `register` sets), the `writev` write buffer and write flow control of ferroloop's socket stream transport (`ferroloop._transports` is its Python half) |
 
+mod accept;
 mod datagram;
 mod pipe;
 mod process;
@@ -58,6 +60,8 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<tls::TlsProtocol>()?;
     m.add_class::<stream::StreamCore>()?;
     crate::runtime::flush::set_flush_fn(stream::flush_held);
+    m.add_class::<accept::Accepted>()?;
+    m.add_function(wrap_pyfunction!(accept::accept, m)?)?;
     m.add_function(wrap_pyfunction!(sockops::sock_recv, m)?)?;
     m.add_function(wrap_pyfunction!(sockops::sock_sendall, m)?)?;
     Ok(())

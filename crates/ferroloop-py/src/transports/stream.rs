@@ -39,6 +39,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 use pyo3::PyTraverseError;
 
+use super::accept::{Accepted, Peer, SockKind};
 use super::sockio::{self, Io};
 use crate::errors;
 use crate::gil::GilCell;
@@ -178,6 +179,10 @@ pub struct StreamCore {
     fd: i32,
     max_size: usize,
     st: GilCell<State>,
+    /// A connection accepted by `accept::accept`: the family, type and proto of the
+    /// `socket.socket` the transport makes on demand, and the peer address from `accept`.
+    kind: SockKind,
+    peer: Option<Peer>,
 }
 
 impl StreamCore {
@@ -474,10 +479,28 @@ pub(crate) fn flush_held(obj: &Bound<'_, PyAny>) -> PyResult<()> {
 
 #[pymethods]
 impl StreamCore {
+    /// `accepted`: a connection from `accept::accept`, whose fd (and peer address) the core
+    /// takes over; `fd` is then ignored.
     #[new]
-    fn new(transport: Py<PyAny>, loop_: Py<PyAny>, fd: i32, max_size: usize) -> Self {
+    #[pyo3(signature = (transport, loop_, fd, max_size, accepted=None))]
+    fn new(
+        transport: Py<PyAny>,
+        loop_: Py<PyAny>,
+        fd: i32,
+        max_size: usize,
+        accepted: Option<&Bound<'_, Accepted>>,
+    ) -> Self {
         sockio::prepare();
+        let (fd, kind, peer) = match accepted {
+            Some(a) => {
+                let a = a.get();
+                (a.take_fd(), a.kind, Some(a.peer.clone()))
+            }
+            None => (fd, SockKind::default(), None),
+        };
         StreamCore {
+            kind,
+            peer,
             fd,
             max_size: max_size.clamp(1, sockio::MAX_BUFFERED_READ),
             st: GilCell::new(State {
@@ -505,6 +528,17 @@ impl StreamCore {
     #[getter]
     fn fd(&self) -> i32 {
         self.fd
+    }
+
+    /// `(family, type, proto)` of the `socket.socket` to make for an accepted connection.
+    fn sock_kind(&self) -> (u8, u8, u8) {
+        (self.kind.family, self.kind.sotype, self.kind.proto)
+    }
+
+    /// The peer address `accept` returned, as the socket module gives it (`None` for a
+    /// transport made from a socket object).
+    fn peername(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        self.peer.as_ref().map(|p| p.to_object(py)).transpose()
     }
 
     #[getter]
