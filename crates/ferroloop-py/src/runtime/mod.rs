@@ -20,6 +20,7 @@
 
 pub(crate) mod handle;
 pub(crate) mod io;
+mod futures;
 mod iteration;
 mod loop_core;
 pub(crate) mod slots;
