@@ -289,6 +289,9 @@ impl LoopCore {
         let py = slf.py();
         let h = helpers::get(py)?;
         let cls = helpers::module_attr(h.futures.bind(py), intern!(py, "Future"))?;
+        if let Some(fut) = super::futures::new_c_future(&cls, slf.as_any()) {
+            return fut;
+        }
         helpers::vectorcall(&cls, &[slf.as_any()], 0, h.kw_loop.bind(py))
     }
 

@@ -22,6 +22,7 @@
 pub(crate) mod flush;
 pub(crate) mod handle;
 pub(crate) mod io;
+mod futures;
 mod iteration;
 mod loop_core;
 pub(crate) mod slots;

@@ -40,6 +40,7 @@ mod process;
 mod sockio;
 mod sockops;
 mod stream;
+mod streams;
 mod tls;
 
 use pyo3::ffi;

@@ -67,6 +67,18 @@ pub(crate) fn recv<'py>(py: Python<'py>, fd: i32, max: usize) -> PyResult<Io<Bou
 
 /// Into the per-thread buffer, then copied into a bytes object of the right size.
 fn recv_copied<'py>(py: Python<'py>, fd: i32, max: usize) -> PyResult<Io<Bound<'py, PyBytes>>> {
+    recv_with(py, fd, max, |data| PyBytes::new(py, data))
+}
+
+/// `recv(fd, max)` (max ≤ MAX_BUFFERED_READ) into the per-thread buffer, then `f` over the bytes
+/// received (empty at EOF). `f` must not run Python code: the buffer is borrowed meanwhile.
+pub(crate) fn recv_with<R>(
+    py: Python<'_>,
+    fd: i32,
+    max: usize,
+    f: impl FnOnce(&[u8]) -> R,
+) -> PyResult<Io<R>> {
+    debug_assert!(max <= MAX_BUFFERED_READ);
     READ_BUF.with(|cell| {
         let mut buf = cell.borrow_mut();
         if buf.len() < max {
@@ -76,7 +88,7 @@ fn recv_copied<'py>(py: Python<'py>, fd: i32, max: usize) -> PyResult<Io<Bound<'
         // writes at most that many.
         let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), max, 0) };
         Ok(match outcome(py, n)? {
-            Io::Done(n) => Io::Done(PyBytes::new(py, &buf[..n])),
+            Io::Done(n) => Io::Done(f(&buf[..n])),
             Io::WouldBlock => Io::WouldBlock,
         })
     })

@@ -203,6 +203,27 @@ impl StreamCore {
 
     /// `_read_ready__data_received`.
     fn read_data(&self, py: Python<'_>, tr: &Bound<'_, PyAny>) -> PyResult<()> {
+        // asyncio's streams: `StreamReaderProtocol.data_received` done natively when nothing
+        // can tell (transports::streams); the bytes go straight into the reader's buffer.
+        let fed = self
+            .state(py, |s| s.protocol.as_ref().map(|p| p.clone_ref(py)))?
+            .and_then(|p| super::streams::feed_for(p.bind(py)));
+        if let Some(feed) = fed {
+            return match sockio::recv_with(py, self.fd, self.max_size, |data| {
+                (!data.is_empty()).then(|| feed.extend(data))
+            }) {
+                Ok(Io::Done(None)) => {
+                    tr.call_method0(intern!(py, "_read_ready__on_eof"))?;
+                    Ok(())
+                }
+                Ok(Io::Done(Some(extended))) => match extended.and_then(|()| feed.finish()) {
+                    Ok(()) => Ok(()),
+                    Err(err) => Self::fatal(tr, err, DATA_RECEIVED_FAILED),
+                },
+                Ok(Io::WouldBlock) => Ok(()),
+                Err(err) => Self::fatal(tr, err, READ_FAILED),
+            };
+        }
         let data = match sockio::recv(py, self.fd, self.max_size) {
             Ok(Io::Done(data)) => data,
             Ok(Io::WouldBlock) => return Ok(()),
