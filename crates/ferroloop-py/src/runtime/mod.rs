@@ -20,9 +20,9 @@
 //! | `slots.rs` | the storage of the per-loop `call_soon`/`time` slots (`api/slots.rs` reads it) |
 
 pub(crate) mod flush;
+mod futures;
 pub(crate) mod handle;
 pub(crate) mod io;
-mod futures;
 mod iteration;
 mod loop_core;
 pub(crate) mod slots;

@@ -128,12 +128,15 @@ struct Marks {
 impl State {
     /// Bytes not yet sent: buffered or held.
     fn size(&self) -> usize {
-        self.queue.as_ref().map_or(0, |q| q.size()) + self.deferred.as_ref().map_or(0, |b| bytes_of(b).len())
+        self.queue.as_ref().map_or(0, |q| q.size())
+            + self.deferred.as_ref().map_or(0, |b| bytes_of(b).len())
     }
 
     /// The high-water mark.
     fn high(&self) -> u64 {
-        self.marks.as_ref().map_or_else(|| Limits::default().high, |m| m.limits.high)
+        self.marks
+            .as_ref()
+            .map_or_else(|| Limits::default().high, |m| m.limits.high)
     }
 
     /// Move the held single write into the queue (before appending to it).
@@ -449,7 +452,9 @@ impl StreamCore {
                     return Ok(());
                 }
                 Ok(Io::Done(n)) => this.state(py, |s| s.queue().push_rest(Chunk::Bytes(b), n))?,
-                Ok(Io::WouldBlock) => this.state(py, |s| s.queue().push_rest(Chunk::Bytes(b), 0))?,
+                Ok(Io::WouldBlock) => {
+                    this.state(py, |s| s.queue().push_rest(Chunk::Bytes(b), 0))?
+                }
                 Err(err) => {
                     let Some(tr) = this.transport(py)? else {
                         return Ok(());
