@@ -128,12 +128,13 @@ impl Calls {
     }
 }
 
-/// The bound method `obj.name` to cache in [`Calls`]. Caching is switched off: with the bound
-/// methods held here, about 1.5 memory blocks per TLS connection were never freed
-/// (`tests/test_leaks.py::test_tls_connections_leave_nothing_behind`), so every call looks its
-/// method up as asyncio does until the cause is found.
-fn lookup(_py: Python<'_>, _obj: &Option<Py<PyAny>>, _name: &str) -> Option<Py<PyAny>> {
-    None
+fn lookup(
+    py: Python<'_>,
+    obj: &Option<Py<PyAny>>,
+    name: &Bound<'_, PyString>,
+) -> Option<Py<PyAny>> {
+    let obj = obj.as_ref()?.bind(py);
+    obj.getattr(name).ok().map(Bound::unbind)
 }
 
 /// `f(*args)` by vectorcall (the slot before the arguments is free for a bound method's self).
@@ -800,9 +801,9 @@ impl TlsProtocol {
     fn set_sslobj_raw(slf: &Bound<'_, Self>, value: Option<Py<PyAny>>) {
         let py = slf.py();
         let new = (
-            lookup(py, &value, "read"),
-            lookup(py, &value, "write"),
-            lookup(py, &value, "pending"),
+            lookup(py, &value, intern!(py, "read")),
+            lookup(py, &value, intern!(py, "write")),
+            lookup(py, &value, intern!(py, "pending")),
         );
         let old = {
             let mut me = slf.borrow_mut();
@@ -819,7 +820,7 @@ impl TlsProtocol {
 
     #[setter(_incoming)]
     fn set_incoming(slf: &Bound<'_, Self>, value: Option<Py<PyAny>>) {
-        let f = lookup(slf.py(), &value, "write");
+        let f = lookup(slf.py(), &value, intern!(slf.py(), "write"));
         let old = {
             let mut me = slf.borrow_mut();
             let a = std::mem::replace(&mut me.calls.in_write, f);
@@ -830,7 +831,7 @@ impl TlsProtocol {
 
     #[setter(_outgoing)]
     fn set_outgoing(slf: &Bound<'_, Self>, value: Option<Py<PyAny>>) {
-        let f = lookup(slf.py(), &value, "read");
+        let f = lookup(slf.py(), &value, intern!(slf.py(), "read"));
         let old = {
             let mut me = slf.borrow_mut();
             let a = std::mem::replace(&mut me.calls.out_read, f);
@@ -849,7 +850,7 @@ impl TlsProtocol {
             None => false,
         };
         let f = if own {
-            lookup(py, &value, "write")
+            lookup(py, &value, intern!(py, "write"))
         } else {
             None
         };
