@@ -63,7 +63,7 @@ demo: ## set up from scratch and run the demo: examples on ferroloop + a short t
 .PRECIOUS: .venv/%/.demo
 
 .PHONY: test
-test: services test-rust check-stubs $(addprefix test-py-,$(VERSIONS)) $(addprefix conformance-,$(VERSIONS)) test-wheel test-soak test-memcheck ## everything: cargo tests, stub check, pytest and conformance on $(VERSIONS), the 3.11 wheel check, soak (3.5 min), memcheck (~10 min)
+test: services test-rust check-stubs $(addprefix test-py-,$(VERSIONS)) $(addprefix conformance-,$(VERSIONS)) test-wheel test-soak ## everything: cargo tests, stub check, pytest and conformance on $(VERSIONS), the 3.11 wheel check, soak (3.5 min); memcheck is `make test-memcheck`
 	@echo "make test: all suites passed"
 
 # --- suites -------------------------------------------------------------------------------------
@@ -99,7 +99,9 @@ VALGRIND = valgrind --tool=memcheck --error-exitcode=99 --leak-check=no --num-ca
 MEMCHECK_TESTS = test_callbacks test_timers test_loop_run test_tasks_futures test_exceptions_debug \
   test_executors_asyncgens test_fast_entry_points test_loop_defects test_policy_signals \
   test_net_cancel test_net_errors test_net_flow test_net_misc test_net_readers \
-  test_net_sockops test_net_transport_paths test_faults test_faults_process
+  test_net_sockops test_net_transport_paths test_faults test_faults_process \
+  test_transport_coalesce test_transport_streams_reader test_transport_datagram test_transport_pipe \
+  test_leaks
 # valgrind (3.19, Debian 12) does not implement pidfd_open: the core's two pidfd tests fail with
 # ENOSYS under it (under valgrind the Python side falls back to asyncio's child watcher by itself).
 MEMCHECK_CARGO_SKIP = --skip process::tests::pidfd_reports_exit_and_reaps \
