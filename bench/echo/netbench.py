@@ -215,7 +215,9 @@ def table_cells(rows, case_cols, ceiling=False):
             if r.get('queued_pct') is not None:  # open loop: sends behind an unanswered request
                 notes.append(f'queued {r["queued_pct"]:.1f}%')
             if r.get('overloaded'):  # open loop (echo --rate): the server did not keep up
-                notes.append('OVERLOADED: ' + r['overloaded'])
+                notes.append('OVERLOADED ' + r['overloaded'])
+            elif r.get('dropped'):  # open loop: some samples did not keep up and were left out
+                notes.append(r['dropped'])
             cells.append('; '.join(notes)[:120].replace('|', '/'))
         body.append(cells)
     return head, body

@@ -236,19 +236,26 @@ def tls_cost_table(rows, markdown):
 
 
 def mark_overloaded(samples):
-    """Open loop: a server that did not keep up with the offered rate in any of its samples of a
-    case (answered under 95 % of it, or its backlog grew) gets no CPU figure for that case: its
-    server CPU per request is moved aside in every sample, and the reason is returned per key."""
+    """Open loop: a sample whose server did not keep up with the offered rate (answered under 95 %
+    of it, its backlog grew, or over --max-queued % of sends went out behind an unanswered request)
+    has no valid CPU figure: its server CPU per request is moved aside. When that is so for at least
+    half of a case's samples of a server, the server gets no CPU figure for that case at all.
+    Returns {key: note} for the rows: 'OVERLOADED' or how many samples were dropped."""
     marks = {}
     for key, results in samples.items():
         over = [r for r in results if r.get('overloaded')]
         if not over:
             continue
-        for r in results:
+        ok = [r for r in results if 'req_per_s' in r]
+        invalid = over if 2 * len(over) < len(ok) else results
+        for r in invalid:
             if nb.US in r:
                 r[nb.US + '_invalid'] = r.pop(nb.US)
-        ok = [r for r in results if 'req_per_s' in r]
-        marks[key] = f'overloaded in {len(over)}/{len(ok)}: {over[0].get("overload", "?")}'
+        reason = over[0].get('overload', '?')
+        if invalid is results:
+            marks[key] = ('overloaded', f'in {len(over)}/{len(ok)}: {reason}')
+        else:
+            marks[key] = ('dropped', f'{len(over)}/{len(ok)} overloaded, left out: {reason}')
     return marks
 
 
@@ -296,8 +303,9 @@ def mode_text(a):
     opened = [r for r in a.rate if r is not CLOSED]
     text = (f'open loop at {", ".join(f"{r:,.0f}" for r in opened)} req/s (--rate: every server offered the '
             f'same load, each connection sending on a fixed schedule, up to {a.max_inflight} unanswered; '
-            'latency from the scheduled send; a server answering under 95 % of the rate or falling behind '
-            'is marked OVERLOADED and gets no CPU figure)')
+            'latency from the scheduled send; a server answering under 95 % of the rate, whose backlog grew, '
+            f'or that kept up only by taking queued requests of a connection together (over {a.max_queued:g} % '
+            'of sends behind an unanswered request) is marked OVERLOADED and gets no CPU figure)')
     return text + ('; and ' + closed if CLOSED in a.rate else '')
 
 
@@ -325,8 +333,9 @@ def main(argv=None):
         st, tr, sz, c, rate = r['case']
         r['case_cells'] = [st if r['loop'] != CEILING else '(plain Rust)', tr, size_label(sz), str(c)] + \
             ([load_label(rate)] if a.rate else [])
-        if (r['case'], r['loop']) in overloaded:
-            r['overloaded'] = overloaded[r['case'], r['loop']]
+        kind, note = overloaded.get((r['case'], r['loop']), (None, None))
+        if kind:
+            r[kind] = note  # 'overloaded': no CPU figure; 'dropped': from the samples that kept up
     meta = {'date': nb.now_stamp(), 'machine': nb.machine(), 'versions': versions, 'skipped': skipped,
             'reps': a.reps, 'duration': a.duration, 'warmup': a.warmup,
             'server_cpu': a.server_cpu, 'client_cpu': a.client_cpu, 'mode': mode}

@@ -26,6 +26,23 @@
 //! /proc/PID/stat, read exactly at the window edges) and its CPU µs per request.
 //! `--busy-poll` polls epoll without sleeping (the client's CPU never idles, so waking it is cheap).
 //! On a wrong echo, a closed connection or no progress for `--timeout` s: {"error": ...}, exit 1.
+//!
+//!     echo-client (--tcp | --unix | --udp | --tls) ADDR --rate REQ_PER_S [--conns 32] [--size 1024]
+//!                 [--max-inflight 16] [--max-queued 25] [--warmup 1] [--duration 5] [--server-pid PID]
+//!
+//! Open loop (equal offered load): REQ_PER_S requests per second over all connections. Connection i
+//! sends request k at t0 + (k * conns + i) / REQ_PER_S (a fixed interval of conns / REQ_PER_S per
+//! connection, the connections staggered by 1 / REQ_PER_S), whether or not its earlier echoes are
+//! back, with at most `--max-inflight` sent and unanswered per connection (a request due beyond that
+//! waits for a slot). Streams check the echoed byte stream in order; UDP matches echoes to requests
+//! by the request number and resends after `--resend-ms`. Latency counts from the scheduled send
+//! time, so a server that falls behind is charged for the wait (no coordinated omission). The JSON
+//! adds "mode": "open", "rate", "backlog_start"/"backlog_end" (requests due and not yet answered
+//! at the window edges), "max_unsent" (most requests due but held back by the in-flight bound),
+//! "queued_pct" (share of the window's sends that went out while the connection had an unanswered
+//! request: the server could take several requests of that connection in one read) and
+//! "overloaded" with the reasons in "overload": answered under 95 % of the rate, a backlog that grew
+//! by more than 1 % of the window's requests (at least conns), or queued_pct above `--max-queued`.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
