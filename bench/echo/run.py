@@ -288,10 +288,10 @@ def ferroloop_table(rows, loops, markdown, ceiling):
                '(lower is better; "-": a figure is missing or its server was overloaded):\n')
     left = 5 if loads else 4
     print(caption)
-    print(nb.plain_table(head, body, left=left, note=False))
+    print(nb.plain_table(head, body, left=left))
     if markdown:
         print(caption)
-        print(nb.markdown_table(head, body, left=left, note=False))
+        print(nb.markdown_table(head, body, left=left))
 
 
 def mode_text(a):
