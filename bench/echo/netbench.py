@@ -159,7 +159,7 @@ def summarize(samples, case_order, loops, ceiling_key=None):
                    'unsupported': unsupported}  # the loop lacks the feature: "–", not a failure
             row['failed'] -= sum('unsupported' in r for r in results)
             for f in ('server_cpu_us_per_req', 'p50_us', 'p99_us', 'p999_us', 'max_us', 'server_cpu_pct',
-                      'client_cpu_pct', 'resent'):
+                      'client_cpu_pct', 'resent', 'queued_pct'):
                 row[f] = med((case, loop), f)
             bests = [x for x in (med((case, p)) for p in PEERS) if x]
             refs = {'asyncio': med((case, 'asyncio')), 'uvloop': med((case, 'uvloop')),
@@ -211,7 +211,14 @@ def table_cells(rows, case_cols, ceiling=False):
                       pct(r.get('server_cpu_pct')), pct(r.get('client_cpu_pct')),
                       fmt_num(r['p50_us']), fmt_num(r['p99_us'])]
             cells += [fmt_ratio(r.get(f'vs_{x}')) for x in ratios]
-            cells.append(f'{r["n"]}/{r["n"] + r["failed"]} ok' if r['failed'] else '')
+            notes = [f'{r["n"]}/{r["n"] + r["failed"]} ok'] if r['failed'] else []
+            if r.get('queued_pct') is not None:  # open loop: sends behind an unanswered request
+                notes.append(f'queued {r["queued_pct"]:.1f}%')
+            if r.get('overloaded'):  # open loop (echo --rate): the server did not keep up
+                notes.append('OVERLOADED ' + r['overloaded'])
+            elif r.get('dropped'):  # open loop: some samples did not keep up and were left out
+                notes.append(r['dropped'])
+            cells.append('; '.join(notes)[:120].replace('|', '/'))
         body.append(cells)
     return head, body
 
@@ -226,7 +233,8 @@ def cpu_table_cells(rows, case_cols, ceiling=False):
         us = r.get('server_cpu_us_per_req')
         cells = list(r['case_cells']) + [r['loop']]
         if not us:
-            mark = '–' if r.get('unsupported') and not r.get('error') else 'ERROR'
+            mark = ('–' if r.get('unsupported') and not r.get('error')
+                    else 'OVERLOADED' if r.get('overloaded') else 'ERROR')
             cells += [mark] + [''] * (len(head) - len(cells) - 1)
         else:
             cells += [fmt_num(us, 1), fmt_num(1e6 / us)] + [fmt_ratio(r.get(f'cpu_vs_{x}')) for x in ratios]

@@ -26,8 +26,8 @@ def load(path):
     cpu = {}   # (style, transport, size, conns) -> {loop: µs/req}
     for row in data['rows']:
         value = row.get('server_cpu_us_per_req')
-        if value is None or row.get('error'):
-            continue
+        if value is None or row.get('error') or row.get('load', 'closed') != 'closed':
+            continue  # a run with --rate: the closed-loop rows only
         cpu.setdefault(tuple(row['case']), {})[row['loop']] = value
     # The ceiling is measured once per (transport, size, conns): show it beside every style.
     ceiling = {k[1:]: v['rust'] for k, v in cpu.items() if 'rust' in v}

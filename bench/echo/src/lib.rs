@@ -70,6 +70,27 @@ impl Epoll {
         }
         Ok(self.events[..n as usize].iter().map(|e| (e.events, e.u64)).collect())
     }
+
+    /// `wait` with a nanosecond timeout (`epoll_pwait2`, Linux 5.11): the open-loop client sleeps
+    /// exactly until its next scheduled send.
+    pub fn wait_ns(&mut self, timeout_ns: u64) -> io::Result<Vec<(u32, u64)>> {
+        let ts = libc::timespec {
+            tv_sec: (timeout_ns / 1_000_000_000) as libc::time_t,
+            tv_nsec: (timeout_ns % 1_000_000_000) as libc::c_long,
+        };
+        // SAFETY: the events buffer holds `events.len()` entries; `ts` outlives the call; no sigmask.
+        let n = unsafe {
+            libc::epoll_pwait2(self.fd, self.events.as_mut_ptr(), self.events.len() as i32, &ts, std::ptr::null())
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(Vec::new());
+            }
+            return Err(e);
+        }
+        Ok(self.events[..n as usize].iter().map(|e| (e.events, e.u64)).collect())
+    }
 }
 
 impl Drop for Epoll {

@@ -26,6 +26,23 @@
 //! /proc/PID/stat, read exactly at the window edges) and its CPU µs per request.
 //! `--busy-poll` polls epoll without sleeping (the client's CPU never idles, so waking it is cheap).
 //! On a wrong echo, a closed connection or no progress for `--timeout` s: {"error": ...}, exit 1.
+//!
+//!     echo-client (--tcp | --unix | --udp | --tls) ADDR --rate REQ_PER_S [--conns 32] [--size 1024]
+//!                 [--max-inflight 16] [--max-queued 25] [--warmup 1] [--duration 5] [--server-pid PID]
+//!
+//! Open loop (equal offered load): REQ_PER_S requests per second over all connections. Connection i
+//! sends request k at t0 + (k * conns + i) / REQ_PER_S (a fixed interval of conns / REQ_PER_S per
+//! connection, the connections staggered by 1 / REQ_PER_S), whether or not its earlier echoes are
+//! back, with at most `--max-inflight` sent and unanswered per connection (a request due beyond that
+//! waits for a slot). Streams check the echoed byte stream in order; UDP matches echoes to requests
+//! by the request number and resends after `--resend-ms`. Latency counts from the scheduled send
+//! time, so a server that falls behind is charged for the wait (no coordinated omission). The JSON
+//! adds "mode": "open", "rate", "backlog_start"/"backlog_end" (requests due and not yet answered
+//! at the window edges), "max_unsent" (most requests due but held back by the in-flight bound),
+//! "queued_pct" (share of the window's sends that went out while the connection had an unanswered
+//! request: the server could take several requests of that connection in one read) and
+//! "overloaded" with the reasons in "overload": answered under 95 % of the rate, a backlog that grew
+//! by more than 1 % of the window's requests (at least conns), or queued_pct above `--max-queued`.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
@@ -73,6 +90,9 @@ struct Opts {
     busy_poll: bool,
     ciphersuites: String,
     transfer: Option<u64>,
+    rate: Option<f64>,
+    max_inflight: usize,
+    max_queued: f64,
 }
 
 fn fail(msg: &str) -> ! {
@@ -85,7 +105,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: echo-client (--tcp HOST:PORT | --unix PATH | --udp HOST:PORT) [--conns N] [--size BYTES] \
          [--warmup S] [--duration S | --requests N] [--server-pid PID] [--timeout S] [--resend-ms MS] [--busy-poll] \
-         [--ciphersuites TLS13SUITES] | (--tcp | --tls) HOST:PORT --transfer BYTES [--server-pid PID]"
+         [--ciphersuites TLS13SUITES] [--rate REQ_PER_S [--max-inflight N] [--max-queued PCT]] | (--tcp | --tls) HOST:PORT --transfer BYTES [--server-pid PID]"
     );
     std::process::exit(2)
 }
@@ -109,6 +129,9 @@ fn parse() -> Opts {
         busy_poll: false,
         ciphersuites: "TLS_AES_256_GCM_SHA384".to_string(),
         transfer: None,
+        rate: None,
+        max_inflight: 16,
+        max_queued: 25.0,
     };
     let mut have_addr = false;
     for (k, v) in flags {
@@ -129,11 +152,20 @@ fn parse() -> Opts {
             "server-pid" => o.server_pid = Some(num(&v) as u32),
             "timeout" => o.timeout = num(&v),
             "busy-poll" => o.busy_poll = v != "0",
+            "rate" => o.rate = Some(num(&v)),
+            "max-inflight" => o.max_inflight = num(&v) as usize,
+            "max-queued" => o.max_queued = num(&v),
             _ => usage(),
         }
     }
-    if !have_addr || o.conns == 0 || o.size == 0 {
+    if !have_addr || o.conns == 0 || o.size == 0 || o.max_inflight == 0 {
         usage()
+    }
+    if o.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        usage()
+    }
+    if o.rate.is_some() && matches!(o.addr, Addr::Udp(_)) && o.size < 8 {
+        fail("--rate with --udp needs --size of at least 8 (the request number matches echoes to requests)")
     }
     o
 }
@@ -317,6 +349,9 @@ fn main() {
     if let Some(total) = o.transfer {
         return transfer(&o, connector.as_ref(), total);
     }
+    if let Some(rate) = o.rate {
+        return open_loop(&o, connector.as_ref(), rate);
+    }
     let mut ep = Epoll::new(1024).unwrap();
     let mut conns: Vec<Conn> = (0..o.conns)
         .map(|i| {
@@ -497,4 +532,349 @@ fn main() {
     }
     out += "}";
     println!("{out}");
+}
+
+// --- open loop (--rate) ----------------------------------------------------------------------------
+
+/// CLOCK_MONOTONIC in nanoseconds (the time base of the open-loop schedule).
+fn now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// One open-loop connection: requests k = 0, 1, 2, ... are due at `sched(i, k)` whether or not
+/// earlier echoes are back, at most `--max-inflight` of them sent and not yet answered.
+struct OConn {
+    stream: Stream,
+    fd: RawFd,
+    tmpl: Vec<u8>, // the message; its first 8 bytes carry the request number
+    next_k: u64,   // the next request to send
+    answered: u64, // echoes completed
+    // streams: the echoed byte stream is checked in order
+    recv_off: usize,
+    bytes_out: u64,
+    bytes_in: u64,
+    out: Vec<u8>,
+    out_off: usize,
+    out_armed: bool,
+    // UDP: (request, last send) of the datagrams awaiting their echo
+    pending: std::collections::VecDeque<(u64, u64)>,
+}
+
+/// `--rate R`: open loop. Connection i sends request k at t0 + (k * conns + i) / R, so each
+/// connection sends every conns / R seconds and the connections are staggered by 1 / R; latency
+/// counts from that scheduled time (so a server that falls behind is charged for the wait).
+fn open_loop(o: &Opts, tls: Option<&SslConnector>, rate: f64) {
+    let udp = matches!(o.addr, Addr::Udp(_));
+    let n = o.conns;
+    let mut ep = Epoll::new(1024).unwrap();
+    let mut conns: Vec<OConn> = (0..n)
+        .map(|i| {
+            let (stream, fd) = connect(&o.addr, tls);
+            set_nonblocking(fd).unwrap();
+            OConn {
+                stream,
+                fd,
+                tmpl: (0..o.size).map(|j| pattern(i, j)).collect(),
+                next_k: 0,
+                answered: 0,
+                recv_off: 0,
+                bytes_out: 0,
+                bytes_in: 0,
+                out: Vec::with_capacity(o.size * o.max_inflight),
+                out_off: 0,
+                out_armed: false,
+                pending: std::collections::VecDeque::with_capacity(o.max_inflight),
+            }
+        })
+        .collect();
+    for (i, c) in conns.iter().enumerate() {
+        ep.add(c.fd, IN, i as u64).unwrap();
+    }
+    // SAFETY: prctl with integer arguments only. Timer slack 1 ns: epoll_pwait2 wakes on time, not
+    // up to 50 µs late (the default slack), so the sends keep their schedule.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut dgram = vec![0u8; o.size];
+    let head = o.size.min(8);
+
+    let t0 = now_ns();
+    let ns_per_req = 1e9 / rate;
+    let sched = |i: usize, k: u64| t0 + ((k * n as u64 + i as u64) as f64 * ns_per_req) as u64;
+    // requests of connection i due by `now`
+    let due = |i: usize, now: u64| {
+        let x = now.saturating_sub(t0) as f64 / ns_per_req; // global requests due
+        if x < i as f64 {
+            0
+        } else {
+            ((x - i as f64) / n as f64) as u64 + 1
+        }
+    };
+    let backlog = |conns: &[OConn], now: u64| -> u64 {
+        conns.iter().enumerate().map(|(i, c)| due(i, now).saturating_sub(c.answered)).sum()
+    };
+    let warm_end = t0 + (o.warmup * 1e9) as u64;
+    let mut measuring = o.warmup <= 0.0;
+    let (mut m_start, mut m_end) = (t0, t0 + (o.duration * 1e9) as u64);
+    let (mut srv0, mut cli0) = (o.server_pid.and_then(proc_cpu), self_cpu());
+    let mut done: u64 = 0;
+    let mut lat_ns: Vec<u64> = Vec::with_capacity(1 << 20);
+    let mut last_progress = t0;
+    let stall = (o.timeout * 1e9) as u64;
+    let resend = o.resend.as_nanos() as u64;
+    let (mut resent, mut stale): (u64, u64) = (0, 0);
+    let (mut backlog_start, mut max_unsent): (u64, u64) = (0, 0);
+    // sends of the window, and those that went out while the connection had an unanswered request
+    // (which lets a server take several requests of a connection in one read)
+    let (mut sends, mut behind): (u64, u64) = (0, 0);
+    let mut last_scan = t0;
+
+    loop {
+        let now = now_ns();
+        if !measuring && now >= warm_end {
+            measuring = true;
+            (srv0, cli0) = (o.server_pid.and_then(proc_cpu), self_cpu());
+            (resent, stale, max_unsent, sends, behind) = (0, 0, 0, 0, 0);
+            m_start = now_ns();
+            m_end = m_start + (o.duration * 1e9) as u64;
+            backlog_start = backlog(&conns, m_start);
+        } else if measuring && o.requests.map_or(now >= m_end, |r| done >= r) {
+            break;
+        }
+        if now.saturating_sub(last_progress) > stall {
+            fail(&format!("no echo completed for {:.0} s", o.timeout));
+        }
+        // send what is due, up to --max-inflight unanswered per connection
+        let mut next_due = u64::MAX;
+        let mut unsent = 0;
+        for (i, c) in conns.iter_mut().enumerate() {
+            let mut queued = false;
+            loop {
+                let at = sched(i, c.next_k);
+                if at > now {
+                    next_due = next_due.min(at);
+                    break;
+                }
+                if c.next_k - c.answered >= o.max_inflight as u64 {
+                    unsent += due(i, now).saturating_sub(c.next_k);
+                    break; // sent again when an echo frees a slot
+                }
+                if measuring {
+                    sends += 1;
+                    behind += (c.next_k > c.answered) as u64;
+                }
+                let seq = c.next_k.to_le_bytes();
+                if udp {
+                    dgram.copy_from_slice(&c.tmpl);
+                    dgram[..head].copy_from_slice(&seq[..head]);
+                    // EAGAIN (a full socket buffer) counts as a loss: the resend scan sends it again
+                    write(c.fd, &dgram).unwrap_or_else(|e| fail(&format!("sendto: {e}")));
+                    c.pending.push_back((c.next_k, now));
+                } else {
+                    if c.out_off == c.out.len() {
+                        c.out.clear();
+                        c.out_off = 0;
+                    }
+                    let start = c.out.len();
+                    c.out.extend_from_slice(&c.tmpl);
+                    c.out[start..start + head].copy_from_slice(&seq[..head]);
+                    queued = true;
+                }
+                c.next_k += 1;
+            }
+            if queued {
+                pump_out(&ep, c, i as u64);
+            }
+        }
+        if measuring {
+            max_unsent = max_unsent.max(unsent);
+        }
+        // sleep until the next scheduled send (or an echo; at most 5 ms for UDP's resend scan)
+        let cap = if udp { 5_000_000 } else { 100_000_000 };
+        let wait = if o.busy_poll { 0 } else { next_due.saturating_sub(now_ns()).min(cap) };
+        let events = ep.wait_ns(wait).unwrap_or_else(|e| fail(&format!("epoll_pwait2: {e}")));
+        for (ev, token) in events {
+            let i = token as usize;
+            let c = &mut conns[i];
+            if udp {
+                loop {
+                    let got = match read(c.fd, &mut buf) {
+                        Ok(Some(got)) => got,
+                        Ok(None) => break,
+                        Err(e) => fail(&format!("client {i}: recv: {e}")),
+                    };
+                    if got != o.size {
+                        fail(&format!("client {i}: a {got}-byte datagram, expected {}", o.size));
+                    }
+                    let k = u64::from_le_bytes(buf[..8].try_into().unwrap());
+                    let Some(pos) = c.pending.iter().position(|&(p, _)| p == k) else {
+                        stale += 1; // a duplicate echo of a resent request
+                        continue;
+                    };
+                    if buf[8..got] != c.tmpl[8..] {
+                        let off = (8..got).find(|&j| buf[j] != c.tmpl[j]).unwrap();
+                        fail(&format!("client {i}: wrong echo at byte {off} of request {k}"));
+                    }
+                    c.pending.remove(pos);
+                    c.answered += 1;
+                    let t = now_ns();
+                    last_progress = t;
+                    if measuring {
+                        done += 1;
+                        lat_ns.push(t.saturating_sub(sched(i, k)));
+                    }
+                }
+                continue;
+            }
+            if ev & OUT != 0 {
+                pump_out(&ep, c, token);
+            }
+            if ev & (IN | libc::EPOLLHUP as u32 | libc::EPOLLERR as u32) == 0 {
+                continue;
+            }
+            loop {
+                let got = match stream_read(&mut c.stream, c.fd, &mut buf) {
+                    Ok(Some(0)) => fail(&format!("connection {i}: server closed the connection")),
+                    Ok(Some(got)) => got,
+                    Ok(None) => break,
+                    Err(e) => fail(&format!("connection {i}: recv: {e}")),
+                };
+                if c.bytes_in + got as u64 > c.bytes_out {
+                    fail(&format!("connection {i}: {got} bytes received but only {} expected", c.bytes_out - c.bytes_in));
+                }
+                c.bytes_in += got as u64;
+                let t = now_ns();
+                let mut p = 0;
+                while p < got {
+                    // the echo of request c.answered, from byte c.recv_off
+                    let j0 = c.recv_off;
+                    let m = (o.size - j0).min(got - p);
+                    let seg = &buf[p..p + m];
+                    let seq = c.answered.to_le_bytes();
+                    let split = head.clamp(j0, j0 + m); // bytes j0..split carry the request number
+                    let bad = (j0..split).find(|&j| seg[j - j0] != seq[j]).or_else(|| {
+                        (seg[split - j0..] != c.tmpl[split..j0 + m])
+                            .then(|| (split..j0 + m).find(|&j| seg[j - j0] != c.tmpl[j]).unwrap())
+                    });
+                    if let Some(j) = bad {
+                        fail(&format!("connection {i}: wrong echo at byte {j} of request {}", c.answered));
+                    }
+                    c.recv_off += m;
+                    p += m;
+                    if c.recv_off == o.size {
+                        if measuring {
+                            done += 1;
+                            lat_ns.push(t.saturating_sub(sched(i, c.answered)));
+                        }
+                        c.answered += 1;
+                        c.recv_off = 0;
+                        last_progress = t;
+                    }
+                }
+            }
+        }
+        if udp {
+            let now = now_ns();
+            if now - last_scan >= 5_000_000 {
+                last_scan = now;
+                for c in conns.iter_mut() {
+                    for e in c.pending.iter_mut() {
+                        if now - e.1 >= resend {
+                            dgram.copy_from_slice(&c.tmpl);
+                            dgram[..head].copy_from_slice(&e.0.to_le_bytes()[..head]);
+                            write(c.fd, &dgram).unwrap_or_else(|err| fail(&format!("sendto: {err}")));
+                            e.1 = now;
+                            if measuring {
+                                resent += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let end = now_ns();
+    let (srv1, cli1) = (o.server_pid.and_then(proc_cpu), self_cpu());
+    let backlog_end = backlog(&conns, end);
+    let secs = (end - m_start) as f64 / 1e9;
+    let achieved = done as f64 / secs;
+    // can the server keep up? the rate it answered, and whether the unanswered backlog grew
+    let growth = backlog_end as i64 - backlog_start as i64;
+    let allowed = (0.01 * rate * secs).max(n as f64);
+    let mut why = Vec::new();
+    if achieved < 0.95 * rate {
+        why.push(format!("answered {achieved:.0} req/s, below 95 % of {rate:.0}"));
+    }
+    if growth as f64 > allowed {
+        why.push(format!("backlog grew by {growth} requests over the window"));
+    }
+    let queued_pct = if sends > 0 { 100.0 * behind as f64 / sends as f64 } else { 0.0 };
+    if queued_pct > o.max_queued {
+        why.push(format!(
+            "{queued_pct:.0} % of requests went out behind an unanswered one on their connection \
+             (kept up by taking several requests of a connection per read)"
+        ));
+    }
+    lat_ns.sort_unstable();
+    let pct = |p: f64| {
+        if lat_ns.is_empty() {
+            0.0
+        } else {
+            lat_ns[((lat_ns.len() as f64 * p) as usize).min(lat_ns.len() - 1)] as f64 / 1e3
+        }
+    };
+    let mean = if lat_ns.is_empty() { 0.0 } else { lat_ns.iter().sum::<u64>() as f64 / lat_ns.len() as f64 / 1e3 };
+    let max = lat_ns.last().map_or(0.0, |&x| x as f64 / 1e3);
+    let mut out = format!(
+        "{{\"mode\": \"open\", \"rate\": {rate:.1}, \"max_inflight\": {}, \"conns\": {}, \"size\": {}, \
+         \"requests\": {done}, \"seconds\": {secs:.6}, \"req_per_s\": {achieved:.1}, \
+         \"p50_us\": {:.1}, \"p90_us\": {:.1}, \"p99_us\": {:.1}, \"p999_us\": {:.1}, \"max_us\": {max:.1}, \
+         \"mean_us\": {mean:.1}, \"client_cpu_s\": {:.4}, \"backlog_start\": {backlog_start}, \
+         \"backlog_end\": {backlog_end}, \"max_unsent\": {max_unsent}, \"queued_pct\": {queued_pct:.2}, \
+         \"overloaded\": {}",
+        o.max_inflight,
+        n,
+        o.size,
+        pct(0.50),
+        pct(0.90),
+        pct(0.99),
+        pct(0.999),
+        cli1 - cli0,
+        !why.is_empty()
+    );
+    if !why.is_empty() {
+        out += &format!(", \"overload\": {}", json_str(&why.join("; ")));
+    }
+    if udp {
+        out += &format!(", \"resent\": {resent}, \"stale\": {stale}");
+    }
+    if let Some(Stream::Tls(t)) = conns.first().map(|c| &c.stream) {
+        out += &format!(", \"cipher\": {}", json_str(&tls_cipher(t)));
+    }
+    if let (Some(a), Some(b)) = (srv0, srv1) {
+        let per = if done > 0 { (b - a) / done as f64 * 1e6 } else { 0.0 };
+        out += &format!(", \"server_cpu_s\": {:.4}, \"server_cpu_us_per_req\": {:.3}", b - a, per);
+    }
+    out += "}";
+    println!("{out}");
+}
+
+/// Writes what it can of an open-loop connection's queued requests; EPOLLOUT while bytes remain.
+fn pump_out(ep: &Epoll, c: &mut OConn, token: u64) {
+    if c.out_off < c.out.len() {
+        match stream_write(&mut c.stream, c.fd, &c.out[c.out_off..]) {
+            Ok(k) => {
+                c.out_off += k;
+                c.bytes_out += k as u64;
+            }
+            Err(e) => fail(&format!("send: {e}")),
+        }
+    }
+    let want_out = c.out_off < c.out.len();
+    if want_out != c.out_armed {
+        ep.modify(c.fd, if want_out { IN | OUT } else { IN }, token).unwrap();
+        c.out_armed = want_out;
+    }
 }
