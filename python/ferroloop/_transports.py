@@ -3,8 +3,9 @@
 ``_SelectorSocketTransport`` is an ``asyncio.Transport`` (same class name as asyncio's, so reprs
 read the same) holding a ``_ferroloop.StreamCore``. The core keeps the state the per-message
 paths read — the flags, the protocol, the write buffer, the write flow control — and *is* the
-reader callback; ``write`` is the core's method, bound once per transport and stored on it (no
-Python frame per message). Writes made during a batch of callbacks are held and sent together at
+reader callback; ``write`` is a class-level method (``_ferroloop._slot_method``) that calls the
+core's ``write`` through the ``_core`` slot: no Python frame per message, and no bound method
+stored per transport (``transport.write = f`` still works, kept in the ``write`` slot). Writes made during a batch of callbacks are held and sent together at
 its end (one ``send``/``writev``; see ``StreamCore``); the methods below that asyncio runs after
 those bytes went out (``close``, ``write_eof``, ``_force_close``, the sendfile waiter,
 ``get_extra_info('socket')``) first call ``core.flush()``. The methods below are the cold paths, written step for step as
@@ -117,7 +118,6 @@ class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transp
         else:
             self._sockobj = sock
             core = self._core = _StreamCore(self, loop, sock.fileno(), self.max_size)
-        self.write = core.write
         self._waiter = None
         self.set_protocol(protocol)
         self._server = server
@@ -598,6 +598,11 @@ class Transports(_WeakValueDictionary):
     def values(self):
         for _, transport in self.items():
             yield transport
+
+
+# write(data): the core's write, reached through the _core slot without a bound method per
+# transport; an assigned transport.write is kept in the 'write' slot and wins (api/slot_method.rs).
+_SelectorSocketTransport.write = _ferroloop._slot_method(_SelectorSocketTransport, 'write', '_core')
 
 
 def rebind(func, **names):

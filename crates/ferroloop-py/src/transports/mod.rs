@@ -51,6 +51,8 @@ use pyo3::types::{PyInt, PySlice, PyString};
 use crate::errors;
 
 /// Add the classes and functions of this area to the module.
+pub(crate) use stream::write_via_core as stream_write;
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sockops::SockOp>()?;
     m.add_class::<datagram::DatagramCore>()?;

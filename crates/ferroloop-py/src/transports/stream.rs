@@ -38,6 +38,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 use pyo3::PyTraverseError;
+use std::sync::atomic::Ordering::Relaxed;
 
 use super::accept::{Accepted, Peer, SockKind};
 use super::sockio::{self, Io};
@@ -535,6 +536,30 @@ impl Drop for StreamCore {
         }
     }
 }
+
+/// `transport.write(data)` through the class-level `write` (`api::slot_method`): `core` is the
+/// transport's `_core`.
+pub(crate) fn write_via_core(core: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+    let mut tp = STREAM_CORE_TYPE.load(Relaxed);
+    if tp.is_null() {
+        // PyO3 keeps a strong reference to a pyclass's type object for the life of the
+        // process, so the pointer stays valid.
+        tp = <StreamCore as pyo3::PyTypeInfo>::type_object_raw(core.py());
+        STREAM_CORE_TYPE.store(tp, Relaxed);
+    }
+    // SAFETY: `core` is a live object; StreamCore is final (no subclasses), so an object of
+    // exactly its type is a StreamCore.
+    if unsafe { ffi::Py_TYPE(core.as_ptr()) } == tp {
+        // SAFETY: checked just above.
+        StreamCore::write(unsafe { core.cast_unchecked::<StreamCore>() }, data)
+    } else {
+        StreamCore::write(core.cast::<StreamCore>()?, data)
+    }
+}
+
+/// StreamCore's type object, for `write_via_core`'s type check (PyO3's costs a lazy lookup).
+static STREAM_CORE_TYPE: std::sync::atomic::AtomicPtr<ffi::PyTypeObject> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
 
 /// The stream transport open on `fd` in `loop_`'s map (`StreamCore._attach`), if any: what
 /// `loop._transports` gives for it.
