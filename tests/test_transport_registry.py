@@ -1,4 +1,5 @@
-"""``loop._transports`` and the reader registration of socket stream transports, on both loops.
+"""``loop._transports``, the reader registration and ``write`` of socket stream transports, on
+both loops.
 
 asyncio keeps every transport in ``loop._transports`` (a ``WeakValueDictionary`` fd -> transport)
 and refuses ``add_reader``/``add_writer``/``remove_*``/``sock_*`` on the fd of a transport that is
@@ -6,7 +7,8 @@ not closing (``_ensure_fd_no_transport``); ``sendfile`` takes the transport out 
 back. ferroloop keeps its open stream transports in a map of the loop instead; these tests hold
 it to asyncio's behaviour. They also pin down the context the protocol's ``data_received`` runs
 in (ferroloop registers the reader at connection start in the context of the callback that
-registers it, where asyncio copies that context once more)."""
+registers it, where asyncio copies that context once more), and ``transport.write``, a method of
+the class in ferroloop, as the instance attribute it is in asyncio (assigned, mocked, deleted)."""
 
 import asyncio
 import contextvars
@@ -301,5 +303,47 @@ def test_data_received_context(loop, family, tmp_path):
             await p.lost
         srv.close()
         await srv.wait_closed()
+
+    run(loop, main())
+
+
+# -- write as an attribute ------------------------------------------------------------------------
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_write_is_an_attribute_that_can_be_replaced(loop, family, tmp_path):
+    from unittest import mock
+
+    async def got(p, data):
+        while bytes(p.data) != data:
+            await asyncio.sleep(0.001)
+
+    async def main():
+        ctr, cp, str_, sp, srv = await pair(loop, family, tmp_path)
+        ctr.write(b'a')
+        ctr.write(data=b'b')
+        w = ctr.write
+        w(b'c')
+        type(ctr).write(ctr, b'd')
+        await got(sp, b'abcd')
+        with pytest.raises(TypeError):
+            ctr.write()
+        with pytest.raises(TypeError):
+            ctr.write(b'x', b'y')
+        with pytest.raises(AttributeError):
+            del ctr.write   # nothing assigned
+        calls = []
+        ctr.write = calls.append
+        assert ctr.write == calls.append
+        ctr.write(b'not sent')
+        w(b'e')   # a method got before the assignment still writes
+        del ctr.write
+        ctr.write(b'f')
+        with mock.patch.object(ctr, 'write') as m:
+            ctr.write(b'mocked')
+        m.assert_called_once_with(b'mocked')
+        ctr.write(b'g')
+        await got(sp, b'abcdefg')
+        assert calls == [b'not sent']
+        await shut(srv, cp, sp)
 
     run(loop, main())
