@@ -11,7 +11,7 @@ _T = TypeVar("_T")
 
 __all__ = ['__version__', 'BUILD_PROFILE', 'Handle', 'TimerHandle', 'LoopCore', 'SlotDescriptor', 'StreamCore', 'SockOp',
            'TlsProtocol', 'sock_recv', 'sock_sendall', 'DatagramCore', 'PidfdWatch', 'pidfd_supported',
-           'PipeReadCore', 'PipeWriteCore', 'Accepted', 'accept']
+           'PipeReadCore', 'PipeWriteCore', 'Accepted', 'accept', 'stream_transport', 'stream_fds', '_slot_method']
 __version__: str
 BUILD_PROFILE: str
 
@@ -202,6 +202,9 @@ class StreamCore:
     def peername(self) -> Any: ...
     @property
     def fd(self) -> int: ...
+    def _attach(self, loop_: Any) -> bool: ...
+    def _detach(self) -> bool: ...
+    def _start_reading(self, context: Any) -> None: ...
     closing: bool
     eof: bool
     paused: bool
@@ -232,6 +235,15 @@ class Accepted:
     def fileno(self) -> int: ...
 
 def accept(listen_fd: int, family: int, sotype: int, proto: int) -> Accepted | None: ...
+
+def stream_transport(loop_: Any, fd: Any) -> Any:
+    """The stream transport open on `fd` in the loop's map (StreamCore._attach), or None."""
+
+def stream_fds(loop_: Any) -> list[int]:
+    """The fds of the loop's map of open stream transports."""
+
+def _slot_method(cls: type, name: str, via: str) -> Any:
+    """A class-level method `name` of `cls` calling the object in slot `via` (api/slot_method.rs)."""
 
 @final
 class SockOp:

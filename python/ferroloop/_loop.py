@@ -74,7 +74,8 @@ class Loop(_ferroloop.LoopCore, asyncio.AbstractEventLoop):
         self._old_agen_hooks = None
         # BaseSelectorEventLoop.__init__ / _UnixSelectorEventLoop.__init__
         self._selector = _SelectorView(self)
-        self._transports = weakref.WeakValueDictionary()
+        # a WeakValueDictionary whose open stream transports live in the Rust core (_transports.py)
+        self._transports = _transports.Transports(self)
         self._signal_handlers = {}
         self._unix_server_sockets = {}  # 3.13's create_unix_server(cleanup_socket=True)
         # Methods asyncio's C Task/Future and sleep()/timeouts look up on every use: bound once

@@ -3,8 +3,9 @@
 ``_SelectorSocketTransport`` is an ``asyncio.Transport`` (same class name as asyncio's, so reprs
 read the same) holding a ``_ferroloop.StreamCore``. The core keeps the state the per-message
 paths read — the flags, the protocol, the write buffer, the write flow control — and *is* the
-reader callback; ``write`` is the core's method, bound once per transport and stored on it (no
-Python frame per message). Writes made during a batch of callbacks are held and sent together at
+reader callback; ``write`` is a class-level method (``_ferroloop._slot_method``) that calls the
+core's ``write`` through the ``_core`` slot: no Python frame per message, and no bound method
+stored per transport (``transport.write = f`` still works, kept in the ``write`` slot). Writes made during a batch of callbacks are held and sent together at
 its end (one ``send``/``writev``; see ``StreamCore``); the methods below that asyncio runs after
 those bytes went out (``close``, ``write_eof``, ``_force_close``, the sendfile waiter,
 ``get_extra_info('socket')``) first call ``core.flush()``. The methods below are the cold paths, written step for step as
@@ -29,6 +30,8 @@ import socket
 import sys
 import types
 import warnings
+import weakref
+from contextvars import copy_context as _copy_context
 from asyncio import base_events as _base_events
 from asyncio import constants as _constants
 from asyncio import futures as _futures
@@ -40,7 +43,7 @@ from asyncio.log import logger
 
 from . import _ferroloop
 
-__all__ = ('make_socket_transport',)
+__all__ = ('make_socket_transport', 'Transports')
 
 _PY312 = sys.version_info >= (3, 12)
 # Server._attach(transport)/_detach(transport) (3.13; 3.11 and 3.12.1 take no argument), and the
@@ -52,6 +55,9 @@ _BufferedProtocol = _protocols.BufferedProtocol
 _EXTRA_FROM_SOCKET = frozenset(('socket', 'sockname', 'peername'))
 _Accepted = _ferroloop.Accepted
 _accept = _ferroloop.accept
+_WeakValueDictionary = weakref.WeakValueDictionary
+_stream_transport = _ferroloop.stream_transport
+_stream_fds = _ferroloop.stream_fds
 _FILLED = object()  # _peer once _extra has the socket-derived entries
 _LAZY = object()  # _sockobj of an accepted connection whose socket.socket is not made yet
 
@@ -112,8 +118,6 @@ class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transp
         else:
             self._sockobj = sock
             core = self._core = _StreamCore(self, loop, sock.fileno(), self.max_size)
-        fd = core.fd  # one int object for both registrations below
-        self.write = core.write
         self._waiter = None
         self.set_protocol(protocol)
         self._server = server
@@ -122,14 +126,19 @@ class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transp
                 server._attach(self)
             else:
                 server._attach()
-        loop._transports[fd] = self
+        # ferroloop's loop keeps this in its own map, not as a weak reference (_Transports)
+        loop._transports[core.fd] = self
         if self._sockobj is not _LAZY:
             # Disable the Nagle algorithm -- small writes will be sent without waiting for the
             # TCP ACK.
             _base_events._set_nodelay(sock)
         loop.call_soon(protocol.connection_made, self)
-        # only start reading when connection_made() has been called
-        loop.call_soon(self._add_reader, fd, core)
+        # only start reading when connection_made() has been called. asyncio's
+        # call_soon(self._add_reader, fd, self._read_ready) runs in a copy of the context and
+        # registers the reader with a second copy; here the reader gets that first copy itself
+        # (StreamCore._start_reading): nothing but this registration runs in it.
+        ctx = _copy_context()
+        loop.call_soon(core._start_reading, ctx, context=ctx)
         if waiter is not None:
             # only wake up the waiter when connection_made() has been called
             loop.call_soon(_futures._set_result_unless_cancelled, waiter, None)
@@ -473,6 +482,11 @@ class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transp
             self._sock.close()
             self._sock = None
             core.set_protocol(None, False)
+            loop = core.loop
+            if core._detach():
+                # The loop's map holds open transports only: asyncio keeps a closed one in
+                # loop._transports until it is collected.
+                _WeakValueDictionary.__setitem__(loop._transports, core.fd, self)
             core.loop = None
             server = self._server
             if server is not None:
@@ -497,6 +511,98 @@ class _SelectorSocketTransport(_transports._FlowControlMixin, _transports.Transp
 
     def _reset_empty_waiter(self):
         self._empty_waiter = None
+
+
+class Transports(_WeakValueDictionary):
+    """``loop._transports``: asyncio's ``WeakValueDictionary`` fd -> transport.
+
+    ferroloop's open socket stream transports are not stored in it (a ``KeyedRef`` and a dict
+    slot per connection) but in the loop's own map fd -> ``StreamCore`` (``StreamCore._attach``,
+    no reference of its own). Lookups, assignments and deletions consult that map first, then
+    the dictionary, which holds the other transports (datagram, pipes) and stream transports
+    once their socket is closed (until they are collected, as in asyncio)."""
+
+    def __init__(self, loop):
+        super().__init__()
+        self._loop_ref = weakref.ref(loop)
+
+    def _stream(self, key):
+        loop = self._loop_ref()
+        return None if loop is None else _stream_transport(loop, key)
+
+    def _stream_keys(self):
+        loop = self._loop_ref()
+        return [] if loop is None else _stream_fds(loop)
+
+    def __getitem__(self, key):
+        transport = self._stream(key)
+        if transport is not None:
+            return transport
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        transport = self._stream(key)
+        if transport is not None:
+            return transport
+        return super().get(key, default)
+
+    def __contains__(self, key):
+        return self._stream(key) is not None or super().__contains__(key)
+
+    def __setitem__(self, key, value):
+        loop = self._loop_ref()
+        if loop is not None:
+            if (isinstance(value, _SelectorSocketTransport) and type(key) is int
+                    and key == value._core.fd and value._core._attach(loop)):
+                super().pop(key, None)
+                return
+            old = _stream_transport(loop, key)
+            if old is not None:
+                old._core._detach()
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        transport = self._stream(key)
+        if transport is not None:
+            transport._core._detach()
+            return
+        super().__delitem__(key)
+
+    def pop(self, key, *args):
+        transport = self._stream(key)
+        if transport is not None:
+            transport._core._detach()
+            return transport
+        return super().pop(key, *args)
+
+    def __len__(self):
+        return len(self._stream_keys()) + super().__len__()
+
+    def keys(self):
+        for key, _ in self.items():
+            yield key
+
+    __iter__ = keys
+
+    def items(self):
+        keys = self._stream_keys()
+        for key in keys:
+            transport = self._stream(key)
+            if transport is not None:
+                yield key, transport
+        keys = set(keys)
+        for key, transport in list(super().items()):
+            if key not in keys:
+                yield key, transport
+
+    def values(self):
+        for _, transport in self.items():
+            yield transport
+
+
+# write(data): the core's write, reached through the _core slot without a bound method per
+# transport; an assigned transport.write is kept in the 'write' slot and wins (api/slot_method.rs).
+_SelectorSocketTransport.write = _ferroloop._slot_method(_SelectorSocketTransport, 'write', '_core')
 
 
 def rebind(func, **names):

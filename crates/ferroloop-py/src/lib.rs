@@ -40,5 +40,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<runtime::LoopCore>()?;
     api::register(m)?;
     transports::register(m)?;
+    // the stream transport's class-level `write` (api::slot_method) calls the core's write
+    api::set_write_fn(transports::stream_write);
     Ok(())
 }

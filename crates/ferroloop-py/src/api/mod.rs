@@ -14,15 +14,20 @@
 //! | `methods.rs` | `#[pymethods]` of `LoopCore`: scheduling, readers/writers, flags as properties, GC |
 //! | `fastcall.rs` | METH_FASTCALL entry points of the hottest methods, bound per loop or as descriptors |
 //! | `slots.rs` | `SlotDescriptor`: `loop.call_soon` / `loop.time` as one pointer read |
+//! | `slot_method.rs` | `SlotMethod`: a class-level method forwarding to an object in an instance slot (the stream transport's `write`) |
 
 mod fastcall;
 mod methods;
+mod slot_method;
 mod slots;
+
+pub(crate) use slot_method::set_write_fn;
 
 use pyo3::prelude::*;
 
 /// Add the classes of this area to the module and install the raw slot function.
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<slots::SlotDescriptor>()?;
+    m.add_function(wrap_pyfunction!(slot_method::_slot_method, m)?)?;
     slots::install(m.py())
 }

@@ -369,9 +369,10 @@ impl Handle {
         py: Python<'_>,
         callback: Py<PyAny>,
         args: Py<PyTuple>,
+        context: Option<Py<PyAny>>,
         loop_: &Bound<'_, LoopCore>,
     ) -> PyResult<Py<Handle>> {
-        let mut h = Self::build(py, callback, args, None, loop_, f64::NAN, false, true)?;
+        let mut h = Self::build(py, callback, args, context, loop_, f64::NAN, false, true)?;
         h.persistent = true;
         Py::new(py, h).map(untracked)
     }

@@ -49,8 +49,10 @@ pub(crate) fn lookup(slf: &Bound<'_, LoopCore>, fileobj: &Bound<'_, PyAny>) -> P
     match fd_of(fileobj) {
         Err(e) if e.is_instance_of::<PyValueError>(py) => {
             let found = slf.get().io.with(py, |r| {
-                r.fds()
-                    .find(|fd| r.get(*fd).is_some_and(|e| e.key.is(fileobj)))
+                r.fds().find(|fd| {
+                    r.get(*fd)
+                        .is_some_and(|e| !e.key.is(py.None()) && e.key.is(fileobj))
+                })
             })?;
             found.ok_or(e)
         }
@@ -92,7 +94,32 @@ pub(crate) fn add(
     slf.get().check_closed()?;
     let fd = fd_of(fileobj)?;
     let key = fileobj.clone().unbind();
-    install(slf, fd, dir, callback, args, key, None)
+    install(slf, fd, dir, callback, args, key, None, None)
+}
+
+/// Register `callback()` as the reader of `fd`, run in `context` itself (not a copy), with no
+/// registration object: `None` stands for the fd number (see `LoopCore::io_key`). For a
+/// transport that starts reading from a callback already running in a copy of the context
+/// asyncio would copy again: nothing but the loop's own code ever runs in that copy, so sharing
+/// it cannot be told apart, and the connection keeps neither a second context nor an int.
+pub(crate) fn add_reader_in(
+    slf: &Bound<'_, LoopCore>,
+    fd: RawFd,
+    callback: Py<PyAny>,
+    context: Py<PyAny>,
+) -> PyResult<Py<Handle>> {
+    let py = slf.py();
+    slf.get().check_closed()?;
+    install(
+        slf,
+        fd,
+        Direction::Read,
+        callback,
+        &PyTuple::empty(py),
+        py.None(),
+        None,
+        Some(context),
+    )
 }
 
 /// Register `callback()` for `dir` on `fd` as an edge-triggered wait owned by `owner` (the
@@ -129,12 +156,14 @@ pub(crate) fn add_edge(
         &PyTuple::empty(py),
         key,
         Some(same_owner),
+        None,
     )
 }
 
 /// The common part of `add` and `add_edge`: a new handle, the poller operation, then the
 /// registry entry (`edge`: `Some(same_owner)` for an edge-triggered wait); the replaced handle
-/// is cancelled.
+/// is cancelled. `context`: the handle's context, else a copy of the current one.
+#[allow(clippy::too_many_arguments)]
 fn install(
     slf: &Bound<'_, LoopCore>,
     fd: RawFd,
@@ -143,10 +172,11 @@ fn install(
     args: &Bound<'_, PyTuple>,
     key: Py<PyAny>,
     edge: Option<bool>,
+    context: Option<Py<PyAny>>,
 ) -> PyResult<Py<Handle>> {
     let py = slf.py();
     let this = slf.get();
-    let handle = Handle::new_io(py, callback, args.clone().unbind(), slf)?;
+    let handle = Handle::new_io(py, callback, args.clone().unbind(), context, slf)?;
     let op = this.io.with(py, |r| match edge {
         None => r.op_for_set(fd, dir),
         Some(same_owner) => r.op_for_set_edge(fd, dir, same_owner),

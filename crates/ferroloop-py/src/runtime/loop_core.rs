@@ -73,7 +73,21 @@ pub struct LoopCore {
     pub(super) timing: AtomicBool,
     /// Transports whose writes of the running batch are held until its end (`flush.rs`).
     flush: FlushList,
+    /// The open socket stream transports by fd (`transports::stream`'s `StreamCore`s): what
+    /// `loop._transports` holds for them, without a weak reference per connection. Not owned:
+    /// see `attach_stream`.
+    streams: GilCell<Vec<Option<Borrowed>>>,
 }
+
+/// A pointer to a live Python object that the loop does not own (`LoopCore::streams`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Borrowed(std::ptr::NonNull<pyo3::ffi::PyObject>);
+
+// SAFETY: the pointer is only read inside a `GilCell` (GIL held), and only turned into a
+// reference while the object is alive (the contract of `attach_stream`).
+unsafe impl Send for Borrowed {}
+// SAFETY: as above.
+unsafe impl Sync for Borrowed {}
 
 impl LoopCore {
     #[inline]
@@ -281,6 +295,77 @@ impl LoopCore {
             stats: GilCell::new(Telemetry::new()),
             timing: AtomicBool::new(false),
             flush: FlushList::new(),
+            streams: GilCell::new(Vec::new()),
+        })
+    }
+
+    /// Make `obj` the stream transport core found at `fd` (`stream_at`), replacing the one
+    /// there; returns whether one was replaced.
+    ///
+    /// # Safety
+    /// The loop does not own `obj`: the caller must `detach_stream(fd)` before `obj` is freed
+    /// (and before another object is attached at `fd` without being told it was replaced).
+    pub(crate) unsafe fn attach_stream<'py>(
+        &self,
+        py: Python<'py>,
+        fd: RawFd,
+        obj: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let Ok(i) = usize::try_from(fd) else {
+            return Ok(None);
+        };
+        let ptr = std::ptr::NonNull::new(obj.as_ptr()).map(Borrowed);
+        let old = self.streams.with(py, |v| {
+            if v.len() <= i {
+                v.resize(i + 1, None);
+            }
+            std::mem::replace(&mut v[i], ptr)
+        })?;
+        // SAFETY: an attached object is alive until it is detached (this function's contract).
+        Ok(old.and_then(|b| unsafe { Bound::from_borrowed_ptr_or_opt(py, b.0.as_ptr()) }))
+    }
+
+    /// Forget the stream transport core at `fd`.
+    pub(crate) fn detach_stream(&self, py: Python<'_>, fd: RawFd) -> PyResult<()> {
+        self.streams.with(py, |v| {
+            if let Some(e) = usize::try_from(fd).ok().and_then(|i| v.get_mut(i)) {
+                *e = None;
+            }
+            if v.last().is_some_and(Option::is_none) {
+                while v.last().is_some_and(Option::is_none) {
+                    v.pop();
+                }
+                if v.capacity() > 2 * v.len() + 64 {
+                    v.shrink_to_fit();
+                }
+            }
+        })
+    }
+
+    /// The stream transport core attached at `fd`, if any.
+    pub(crate) fn stream_at<'py>(
+        &self,
+        py: Python<'py>,
+        fd: RawFd,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let ptr = self.streams.with(py, |v| {
+            usize::try_from(fd)
+                .ok()
+                .and_then(|i| v.get(i).copied().flatten())
+        })?;
+        // SAFETY: an attached object is alive until it is detached (`attach_stream`'s contract);
+        // the new reference is owned by the returned `Bound`.
+        Ok(ptr.and_then(|b| unsafe { Bound::from_borrowed_ptr_or_opt(py, b.0.as_ptr()) }))
+    }
+
+    /// The fds with a stream transport core attached, in increasing order.
+    pub(crate) fn stream_fds(&self, py: Python<'_>) -> PyResult<Vec<RawFd>> {
+        self.streams.with(py, |v| {
+            v.iter()
+                .enumerate()
+                .filter(|(_, e)| e.is_some())
+                .filter_map(|(i, _)| RawFd::try_from(i).ok())
+                .collect()
         })
     }
 
@@ -383,7 +468,13 @@ impl LoopCore {
             r.get(fd).map(|e| {
                 let events = u8::from(e.reader.is_some()) | (u8::from(e.writer.is_some()) << 1);
                 (
-                    e.key.clone_ref(py),
+                    // `None`: registered by its fd number (`io::add_reader_in`).
+                    if e.key.is(py.None()) {
+                        fd.into_pyobject(py)
+                            .map_or_else(|_| py.None(), |i| i.into_any().unbind())
+                    } else {
+                        e.key.clone_ref(py)
+                    },
                     events,
                     e.reader.as_ref().map(|h| h.clone_ref(py)),
                     e.writer.as_ref().map(|h| h.clone_ref(py)),

@@ -51,6 +51,8 @@ use pyo3::types::{PyInt, PySlice, PyString};
 use crate::errors;
 
 /// Add the classes and functions of this area to the module.
+pub(crate) use stream::write_via_core as stream_write;
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sockops::SockOp>()?;
     m.add_class::<datagram::DatagramCore>()?;
@@ -60,6 +62,8 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(process::pidfd_supported, m)?)?;
     m.add_class::<tls::TlsProtocol>()?;
     m.add_class::<stream::StreamCore>()?;
+    m.add_function(wrap_pyfunction!(stream::stream_transport, m)?)?;
+    m.add_function(wrap_pyfunction!(stream::stream_fds, m)?)?;
     crate::runtime::flush::set_flush_fn(stream::flush_held);
     m.add_class::<accept::Accepted>()?;
     m.add_function(wrap_pyfunction!(accept::accept, m)?)?;

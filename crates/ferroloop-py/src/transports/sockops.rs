@@ -127,10 +127,20 @@ fn try_send(sock: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<usize>
     }
 }
 
-/// asyncio's `_ensure_fd_no_transport(fd)`, with the common case (no transport ever had this fd)
-/// answered from the WeakValueDictionary's underlying dict without a Python frame.
+/// asyncio's `_ensure_fd_no_transport(fd)`, with the common cases answered without a Python
+/// frame: a stream transport open on this fd (the loop's map, see `stream::closing_at`) that is
+/// closing, or no transport ever had this fd (the WeakValueDictionary's underlying dict).
 fn ensure_no_transport(lp: &Bound<'_, LoopCore>, fd: RawFd) -> PyResult<()> {
     let py = lp.py();
+    match super::stream::closing_at(lp, fd)? {
+        Some(true) => return Ok(()),
+        Some(false) => {
+            // asyncio's message and the transport's repr
+            lp.call_method1(intern!(py, "_ensure_fd_no_transport"), (fd,))?;
+            return Ok(());
+        }
+        None => {}
+    }
     let transports = lp.getattr(intern!(py, "_transports"))?;
     if let Ok(data) = transports.getattr(intern!(py, "data")) {
         if !data.contains(fd)? {

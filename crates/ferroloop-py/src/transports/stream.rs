@@ -38,12 +38,13 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 use pyo3::PyTraverseError;
+use std::sync::atomic::Ordering::Relaxed;
 
 use super::accept::{Accepted, Peer, SockKind};
 use super::sockio::{self, Io};
 use crate::errors;
 use crate::gil::GilCell;
-use crate::runtime::LoopCore;
+use crate::runtime::{io, LoopCore};
 
 const READ_FAILED: &str = "Fatal read error on socket transport";
 const WRITE_FAILED: &str = "Fatal write error on socket transport";
@@ -114,6 +115,9 @@ struct State {
     protocol_paused: bool,
     /// Marks set by `set_write_buffer_limits`; `None`: asyncio's defaults.
     marks: Option<Box<Marks>>,
+    /// The core is in its loop's (`loop_`'s) map of open stream transports, at `fd` (see
+    /// `attach`): true exactly while `LoopCore::stream_at(fd)` is this core.
+    attached: bool,
 }
 
 /// Write-buffer limits set by the user.
@@ -191,6 +195,25 @@ pub struct StreamCore {
 impl StreamCore {
     fn state<R>(&self, py: Python<'_>, f: impl FnOnce(&mut State) -> R) -> PyResult<R> {
         self.st.with(py, f)
+    }
+
+    /// Leave the map of open stream transports of the loop (`_attach`); whether the core was in
+    /// it.
+    fn detach(&self, py: Python<'_>) -> PyResult<bool> {
+        let Some(lp) = self.state(py, |s| {
+            if !s.attached {
+                return None;
+            }
+            s.attached = false;
+            s.loop_.as_ref().map(|l| l.clone_ref(py))
+        })?
+        else {
+            return Ok(false);
+        };
+        if let Ok(lp) = lp.bind(py).cast::<LoopCore>() {
+            lp.get().detach_stream(py, self.fd)?;
+        }
+        Ok(true)
     }
 
     fn transport<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
@@ -496,6 +519,87 @@ impl StreamCore {
     }
 }
 
+impl Drop for StreamCore {
+    fn drop(&mut self) {
+        let fd = self.fd;
+        let s = self.st.get_mut();
+        if !s.attached {
+            return;
+        }
+        s.attached = false;
+        if let Some(l) = s.loop_.as_ref() {
+            Python::attach(|py| {
+                if let Ok(lp) = l.bind(py).cast::<LoopCore>() {
+                    let _ = lp.get().detach_stream(py, fd);
+                }
+            });
+        }
+    }
+}
+
+/// `transport.write(data)` through the class-level `write` (`api::slot_method`): `core` is the
+/// transport's `_core`.
+pub(crate) fn write_via_core(core: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+    let mut tp = STREAM_CORE_TYPE.load(Relaxed);
+    if tp.is_null() {
+        // PyO3 keeps a strong reference to a pyclass's type object for the life of the
+        // process, so the pointer stays valid.
+        tp = <StreamCore as pyo3::PyTypeInfo>::type_object_raw(core.py());
+        STREAM_CORE_TYPE.store(tp, Relaxed);
+    }
+    // SAFETY: `core` is a live object; StreamCore is final (no subclasses), so an object of
+    // exactly its type is a StreamCore.
+    if unsafe { ffi::Py_TYPE(core.as_ptr()) } == tp {
+        // SAFETY: checked just above.
+        StreamCore::write(unsafe { core.cast_unchecked::<StreamCore>() }, data)
+    } else {
+        StreamCore::write(core.cast::<StreamCore>()?, data)
+    }
+}
+
+/// StreamCore's type object, for `write_via_core`'s type check (PyO3's costs a lazy lookup).
+static STREAM_CORE_TYPE: std::sync::atomic::AtomicPtr<ffi::PyTypeObject> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+/// The stream transport open on `fd` in `loop_`'s map (`StreamCore._attach`), if any: what
+/// `loop._transports` gives for it.
+#[pyfunction]
+pub(crate) fn stream_transport(
+    loop_: &Bound<'_, PyAny>,
+    fd: &Bound<'_, PyAny>,
+) -> PyResult<Option<Py<PyAny>>> {
+    let py = loop_.py();
+    let (Ok(lp), Ok(fd)) = (loop_.cast::<LoopCore>(), fd.extract::<i32>()) else {
+        return Ok(None);
+    };
+    let Some(core) = lp.get().stream_at(py, fd)? else {
+        return Ok(None);
+    };
+    let core = core.cast_into::<StreamCore>()?;
+    core.get()
+        .state(py, |s| s.transport.as_ref().map(|t| t.clone_ref(py)))
+}
+
+/// The fds of `loop_`'s map of open stream transports.
+#[pyfunction]
+pub(crate) fn stream_fds(loop_: &Bound<'_, PyAny>) -> PyResult<Vec<i32>> {
+    match loop_.cast::<LoopCore>() {
+        Ok(lp) => lp.get().stream_fds(loop_.py()),
+        Err(_) => Ok(Vec::new()),
+    }
+}
+
+/// For asyncio's `_ensure_fd_no_transport(fd)`: `Some(closing)` of the stream transport open
+/// on `fd`, `None` if there is none.
+pub(crate) fn closing_at(lp: &Bound<'_, LoopCore>, fd: i32) -> PyResult<Option<bool>> {
+    let py = lp.py();
+    let Some(core) = lp.get().stream_at(py, fd)? else {
+        return Ok(None);
+    };
+    let core = core.cast_into::<StreamCore>()?;
+    core.get().state(py, |s| Some(s.closing))
+}
+
 /// The flush function of the loop's flush list (`runtime::flush`): `obj` is a `StreamCore`.
 pub(crate) fn flush_held(obj: &Bound<'_, PyAny>) -> PyResult<()> {
     debug_assert!(obj.is_exact_instance_of::<StreamCore>());
@@ -547,6 +651,7 @@ impl StreamCore {
                 loop_is_core: None,
                 protocol_paused: false,
                 marks: None,
+                attached: false,
             }),
         }
     }
@@ -554,6 +659,79 @@ impl StreamCore {
     #[getter]
     fn fd(&self) -> i32 {
         self.fd
+    }
+
+    /// `loop._transports[fd] = transport` (`ferroloop._transports._Transports`): the core enters
+    /// `loop_`'s map of open stream transports, which `loop._transports` consults, replacing the
+    /// core there; `False` (nothing done) unless `loop_` is the core's loop and a `LoopCore`.
+    /// The core leaves it by `_detach` (asyncio's `del loop._transports[fd]`), when its socket
+    /// is closed (`_call_connection_lost`), when its loop changes, and when it is freed.
+    fn _attach(slf: &Bound<'_, Self>, loop_: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let py = slf.py();
+        let this = slf.get();
+        let (attached, same) = this.state(py, |s| {
+            (
+                s.attached,
+                s.transport.is_some() && s.loop_.as_ref().is_some_and(|l| l.is(loop_)),
+            )
+        })?;
+        if attached {
+            return Ok(true);
+        }
+        let Ok(lp) = loop_.cast::<LoopCore>() else {
+            return Ok(false);
+        };
+        if !same || this.fd < 0 {
+            return Ok(false);
+        }
+        // SAFETY: `attached` is set at once, and a core with `attached` set leaves the map
+        // (`detach`) before it is freed (`Drop`), cleared (`__clear__`) or given another loop
+        // (`set_loop`); a core this one replaces is told below, before anything else runs.
+        let old = unsafe { lp.get().attach_stream(py, this.fd, slf.as_any()) }?;
+        this.state(py, |s| s.attached = true)?;
+        if let Some(old) = old {
+            if !old.is(slf) {
+                if let Ok(o) = old.cast::<StreamCore>() {
+                    o.get().state(py, |s| s.attached = false)?;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Leave the loop's map of open stream transports; whether the core was in it.
+    fn _detach(&self, py: Python<'_>) -> PyResult<bool> {
+        self.detach(py)
+    }
+
+    /// The reader registration at connection start, from
+    /// `loop.call_soon(core._start_reading, ctx, context=ctx)`: asyncio's
+    /// `transport._add_reader(fd, transport._read_ready)` (nothing while closing or paused),
+    /// with the reader run in `ctx` itself, the context this call runs in, rather than in a
+    /// second copy of it (`runtime::io::add_reader_in`).
+    fn _start_reading(slf: &Bound<'_, Self>, context: Py<PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let Some(loop_) = this.state(py, |s| {
+            if s.closing || s.paused {
+                None
+            } else {
+                s.loop_.as_ref().map(|l| l.clone_ref(py))
+            }
+        })?
+        else {
+            return Ok(());
+        };
+        let loop_ = loop_.into_bound(py);
+        match loop_.cast::<LoopCore>() {
+            Ok(lp) => {
+                io::add_reader_in(lp, this.fd, slf.clone().into_any().unbind(), context)?;
+            }
+            Err(_) => {
+                loop_.call_method1(intern!(py, "_add_reader"), (this.fd, slf))?;
+            }
+        }
+        Ok(())
     }
 
     /// `(family, type, proto)` of the `socket.socket` to make for an accepted connection.
@@ -669,6 +847,13 @@ impl StreamCore {
 
     #[setter]
     fn set_loop(&self, py: Python<'_>, value: Option<Py<PyAny>>) -> PyResult<()> {
+        let same = self.state(py, |s| match (&s.loop_, &value) {
+            (Some(a), Some(b)) => a.is(b),
+            _ => false,
+        })?;
+        if !same {
+            self.detach(py)?;
+        }
         let old = self.state(py, |s| {
             s.loop_is_core = None;
             std::mem::replace(&mut s.loop_, value)
@@ -946,6 +1131,7 @@ impl StreamCore {
 
     fn __clear__(&self) {
         Python::attach(|py| {
+            let _ = self.detach(py);
             let old = self
                 .st
                 .with(py, |s| {
