@@ -561,6 +561,14 @@ pub(crate) fn flush_held(obj: &Bound<'_, PyAny>) -> PyResult<()> {
     StreamCore::flush(unsafe { obj.cast_unchecked::<StreamCore>() })
 }
 
+/// The reader callback run natively by handles (`runtime::handle::set_native_call`): what
+/// calling the core does (`__call__`); `obj` is a `StreamCore`.
+pub(crate) fn read_ready(obj: &Bound<'_, PyAny>) -> PyResult<()> {
+    debug_assert!(obj.is_exact_instance_of::<StreamCore>());
+    // SAFETY: the handle calls this only for objects whose type is exactly `StreamCore`'s.
+    StreamCore::__call__(unsafe { obj.cast_unchecked::<StreamCore>() })
+}
+
 #[pymethods]
 impl StreamCore {
     /// `accepted`: a connection from `accept::accept`, whose fd (and peer address) the core
