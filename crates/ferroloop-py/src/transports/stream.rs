@@ -10,7 +10,8 @@
 //!
 //! Per message, no Python object is made other than the bytes passed to `data_received`:
 //!
-//! - reading: the core *is* the reader callback (`__call__`, asyncio's `_read_ready`): one `recv`
+//! - reading: the core *is* the reader callback (`__call__`, asyncio's `_read_ready`; handles
+//!   call it natively through [`read_ready`], `runtime::handle::set_native_call`): one `recv`
 //!   into the per-thread buffer, then `protocol.data_received(bytes)`; for a `BufferedProtocol`,
 //!   `get_buffer(-1)`, `recv_into`, `buffer_updated(n)`. EOF and errors go to the transport's
 //!   Python methods (`_read_ready__on_eof`, `_fatal_error`) with asyncio's messages.
@@ -19,7 +20,10 @@
 //!   listed once on the loop's flush list, `runtime::flush`; the one held write needs no
 //!   allocation) and [`flush_held`] then sends all the batch's writes with one `send`/`writev`;
 //!   outside a batch, for other bytes-like objects, or when the held bytes would pass the
-//!   high-water mark, everything held and `data` are sent at once. What the send leaves
+//!   high-water mark, everything held and `data` are sent at once. Writes made inside the
+//!   reader callback's protocol call (`data_received`, `buffer_updated`) are held on the core
+//!   alone, not listed, and sent when the protocol returns (`begin_reading`/`end_reading`):
+//!   an echo's one write costs no flush-list entry. What the send leaves
 //!   (or all of it on EAGAIN) is buffered — bytes objects by reference, other
 //!   bytes-like objects copied, as asyncio 3.11 does — and the writer callback (`_write_ready`)
 //!   sends the buffer with one `writev` per wake-up, as asyncio 3.12's `sendmsg`.
