@@ -215,9 +215,6 @@ fn handle_type(py: Python<'_>) -> *mut ffi::PyTypeObject {
     tp
 }
 
-/// `callback(*args)`. Task steps (no argument) and future callbacks (one argument) are nearly
-/// every call: they go straight to vectorcall instead of unpacking the tuple.
-///
 /// A callback run without arguments natively: what calling `obj()` does.
 pub(crate) type NativeCallFn = fn(&Bound<'_, PyAny>) -> PyResult<()>;
 
@@ -233,6 +230,10 @@ pub(crate) fn set_native_call(tp: *mut ffi::PyTypeObject, f: NativeCallFn) {
     let _ = NATIVE_CALL.set((tp as usize, f));
 }
 
+/// `callback(*args)`. Task steps (no argument) and future callbacks (one argument) are nearly
+/// every call: they go straight to vectorcall instead of unpacking the tuple. A callback of the
+/// type registered with [`set_native_call`], without arguments, runs its native function.
+///
 /// # Safety
 /// GIL held; `callback` and `args` (a tuple) are valid references for the duration of the call.
 #[inline]
@@ -245,6 +246,9 @@ unsafe fn call(
         0 => {
             if let Some(&(tp, f)) = NATIVE_CALL.get() {
                 if ffi::Py_TYPE(callback) as usize == tp {
+                    // SAFETY (the function's contract): `callback` is a valid reference for the
+                    // call, borrowed here; an error is restored as the Python exception, as a
+                    // failed call leaves it.
                     return match f(Bound::ref_from_ptr(py, &callback)) {
                         Ok(()) => ffi::Py_NewRef(ffi::Py_None()),
                         Err(e) => {
