@@ -1,12 +1,16 @@
 """Socket stream writes made during one batch of callbacks: ferroloop holds them and sends them
-together at the end of the batch; everything asyncio makes observable stays as asyncio has it.
+together at the end of the batch (writes made inside the transport's own reader callback, in
+``data_received``/``buffer_updated``, when the protocol returns); everything asyncio makes
+observable stays as asyncio has it.
 
 Each body runs on both loops and checks what asyncio guarantees: byte order (held, buffered,
 bytes and other bytes-like objects, ``writelines``), ``get_write_buffer_size()``, when
 ``pause_writing`` comes (high-water mark 0: nothing is held), ``close``/``abort``/``write_eof``
 after held writes, direct use of the socket, ``sendfile``, a loop stopped (or interrupted by
 SystemExit/KeyboardInterrupt) right after a write, and a send error (a fatal write error, then
-``connection_lost``)."""
+``connection_lost``); for the reader callback's writes also that a transport read later in the
+same batch finds them sent, and the same checks when they are mixed with other writes, followed
+by ``close``, by an exception from ``data_received``, by a send error or by ``pause_writing``."""
 
 import asyncio
 import socket
@@ -379,3 +383,232 @@ def test_write_outside_the_loop_is_sent_at_once(loop, conn):
     tr, proto, peer, errors = conn
     tr.write(b'not running')
     assert recv_now(peer) == b'not running'
+
+
+# Writes made inside the reader callback (data_received / buffer_updated) are sent when the
+# protocol returns to it, not at the end of the batch: a transport read later in the same batch
+# sees them sent, as with asyncio, whose write sends at once.
+
+def peek(sock):
+    """What the peer could read now, left unread."""
+    try:
+        return sock.recv(1 << 16, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return b''
+
+
+class Replier(asyncio.Protocol):
+    """Replies with two writes per message; records, for the repliers that ran before it,
+    whether their peer can already read their reply."""
+
+    def __init__(self, name, peer, ran):
+        self.name, self.peer, self.ran = name, peer, ran
+        self.seen = []
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def reply(self, data):
+        self.seen.extend(peek(p) for p in self.ran)
+        self.transport.write(b'reply:' + data)
+        self.transport.write(b'!')
+        self.ran.append(self.peer)
+
+    def data_received(self, data):
+        self.reply(data)
+
+
+class BufferedReplier(Replier, asyncio.BufferedProtocol):
+    def get_buffer(self, sizehint):
+        self.buf = bytearray(100)
+        return self.buf
+
+    def buffer_updated(self, nbytes):
+        self.reply(bytes(self.buf[:nbytes]))
+
+
+@pytest.mark.parametrize('cls', [Replier, BufferedReplier])
+def test_writes_in_the_reader_callback_are_sent_when_it_returns(loop, cls):
+    pairs = [socket.socketpair() for _ in range(4)]
+    ran = []
+    protos = []
+    for i, (a, b) in enumerate(pairs):
+        proto = cls(i, b, ran)
+        loop.run_until_complete(loop.connect_accepted_socket(lambda p=proto: p, a))
+        protos.append(proto)
+    try:
+        for i, (_, b) in enumerate(pairs):
+            b.sendall(b'm%d' % i)   # all readable in the same poll, so one batch
+
+        async def replies():
+            while len(ran) < len(pairs):
+                await asyncio.sleep(0.001)
+
+        loop.run_until_complete(asyncio.wait_for(replies(), 5))
+        for i, proto in enumerate(protos):
+            # every reply of a callback that ran before this one was on the wire already
+            assert all(s.startswith(b'reply:m') and s.endswith(b'!') for s in proto.seen), proto.seen
+        assert sum(len(p.seen) for p in protos) == len(pairs) * (len(pairs) - 1) // 2
+        for i, (_, b) in enumerate(pairs):
+            assert recv_now(b) == b'reply:m%d!' % i
+    finally:
+        for p in protos:
+            p.transport.close()
+        loop.run_until_complete(asyncio.sleep(0.01))
+        for a, b in pairs:
+            b.close()
+
+
+class Scripted(Rec):
+    """Runs `script(transport, data)` in data_received."""
+
+    def __init__(self, script):
+        super().__init__()
+        self.script = script
+        self.out = []
+
+    def data_received(self, data):
+        super().data_received(data)
+        self.out.append(self.script(self.transport, data))
+
+
+@pytest.fixture
+def scripted(loop):
+    """Make (transport, protocol, peer, errors) with a Scripted protocol; closed afterwards."""
+    made = []
+
+    def make(script):
+        a, b = socket.socketpair()
+        proto = Scripted(script)
+        tr, _ = loop.run_until_complete(loop.connect_accepted_socket(lambda: proto, a))
+        errors = []
+        loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+        made.append((tr, b))
+        return tr, proto, b, errors
+
+    yield make
+    for tr, b in made:
+        if not tr.is_closing():
+            tr.close()
+    loop.run_until_complete(asyncio.sleep(0.01))
+    for _, b in made:
+        b.close()
+
+
+def test_reader_callback_writes_mixed_with_buffer_size_and_other_writes(loop, scripted):
+    def script(tr, data):
+        tr.write(b'a')
+        size = tr.get_write_buffer_size()
+        first = recv_now(peer)
+        tr.write(b'b')
+        tr.write(bytearray(b'c'))
+        tr.write(memoryview(b'xdx')[1:2])
+        tr.writelines([b'e'])
+        tr.write(b'f')
+        return size, first
+
+    tr, proto, peer, errors = scripted(script)
+    peer.sendall(b'go')
+    loop.run_until_complete(asyncio.sleep(0.05))
+    assert proto.out == [(0, b'a')]
+    assert recv_now(peer) == b'bcdef'
+    assert tr.get_write_buffer_size() == 0
+    assert errors == []
+
+
+def test_reader_callback_write_then_later_callback_write_keep_order(loop, scripted):
+    def script(tr, data):
+        tr.write(b'1')
+        loop.call_soon(tr.write, b'2')
+        tr.write(b'3')
+
+    tr, proto, peer, errors = scripted(script)
+    peer.sendall(b'go')
+    loop.run_until_complete(asyncio.sleep(0.05))
+    assert recv_now(peer) == b'132'
+    assert errors == []
+
+
+def test_reader_callback_write_then_close(loop, scripted):
+    def script(tr, data):
+        tr.write(b'last words')
+        tr.close()
+        tr.write(b'dropped')   # the connection is lost once closed with nothing buffered
+
+    tr, proto, peer, errors = scripted(script)
+    peer.sendall(b'go')
+    loop.run_until_complete(asyncio.sleep(0.05))
+    assert recv_all(peer) == b'last words'
+    assert proto.events == ['made', ('data', b'go'), ('lost', None)]
+    assert errors == []
+
+
+@pytest.mark.expect_exception_handler
+def test_data_received_raises_after_a_write(loop, scripted):
+    def script(tr, data):
+        tr.write(b'partial')
+        raise ValueError('boom')
+
+    tr, proto, peer, errors = scripted(script)
+    peer.sendall(b'go')
+    loop.run_until_complete(asyncio.sleep(0.05))
+    assert recv_all(peer) == b'partial'
+    assert proto.events == ['made', ('data', b'go'), ('lost', 'ValueError')]
+    assert [e['message'] for e in errors] == ['Fatal error: protocol.data_received() call failed.']
+
+
+@pytest.mark.parametrize('exc', [KeyboardInterrupt, SystemExit])
+def test_interrupting_exception_from_data_received_after_a_write(loop, scripted, exc):
+    def script(tr, data):
+        tr.write(b'sent')
+        raise exc
+
+    tr, proto, peer, errors = scripted(script)
+    peer.sendall(b'go')
+    with pytest.raises(exc):
+        loop.run_until_complete(asyncio.sleep(1))
+    assert recv_now(peer) == b'sent'
+    assert errors == []
+
+
+def test_send_error_of_a_reader_callback_write(loop, scripted):
+    def script(tr, data):
+        tr.write(b'nobody reads this')
+
+    tr, proto, peer, errors = scripted(script)
+    peer.shutdown(socket.SHUT_RD)   # the peer still writes, but our sends fail with EPIPE
+    peer.sendall(b'go')
+    loop.run_until_complete(asyncio.sleep(0.05))
+    assert proto.events == ['made', ('data', b'go'), ('lost', 'BrokenPipeError')]
+    assert tr.is_closing()
+    assert errors == []
+
+
+def test_pause_writing_inside_a_reader_callback_write(loop, scripted):
+    def script(tr, data):
+        proto.in_write = True
+        tr.write(b'w' * 300_000)   # over the high-water mark: sent in write, the rest buffered
+        proto.in_write = False
+        return tr.get_write_buffer_size()
+
+    tr, proto, peer, errors = scripted(script)
+    tr.get_extra_info('socket').setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    peer.sendall(b'go')
+    loop.run_until_complete(asyncio.sleep(0.05))
+    assert proto.events == ['made', ('data', b'go'), ('pause', True)]
+    assert proto.out[0] > 0
+    got = bytearray()
+    peer.setblocking(False)
+
+    async def drain():
+        while len(got) < 300_000:
+            try:
+                got.extend(peer.recv(1 << 16))
+            except BlockingIOError:
+                await asyncio.sleep(0.001)
+
+    loop.run_until_complete(asyncio.wait_for(drain(), 10))
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert bytes(got) == b'w' * 300_000
+    assert proto.events[-1] == 'resume'
+    assert errors == []

@@ -18,6 +18,7 @@
 
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering::Relaxed};
+use std::sync::OnceLock;
 
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -214,15 +215,51 @@ fn handle_type(py: Python<'_>) -> *mut ffi::PyTypeObject {
     tp
 }
 
+/// A callback run without arguments natively: what calling `obj()` does.
+pub(crate) type NativeCallFn = fn(&Bound<'_, PyAny>) -> PyResult<()>;
+
+/// The one callback type called natively, by its type object's address, and its function.
+static NATIVE_CALL: OnceLock<(usize, NativeCallFn)> = OnceLock::new();
+
+/// Register the type whose instances, when a handle's callback without arguments, are run by
+/// calling `f` instead of going through Python's call protocol (`tp_call`, pyo3's trampoline and
+/// argument parsing). Registered once by `transports/` at module init for the socket stream
+/// transport's reader callback (the runtime never knows the transport types); `f` must do
+/// exactly what calling the object does. Later calls are ignored.
+pub(crate) fn set_native_call(tp: *mut ffi::PyTypeObject, f: NativeCallFn) {
+    let _ = NATIVE_CALL.set((tp as usize, f));
+}
+
 /// `callback(*args)`. Task steps (no argument) and future callbacks (one argument) are nearly
-/// every call: they go straight to vectorcall instead of unpacking the tuple.
+/// every call: they go straight to vectorcall instead of unpacking the tuple. A callback of the
+/// type registered with [`set_native_call`], without arguments, runs its native function.
 ///
 /// # Safety
 /// GIL held; `callback` and `args` (a tuple) are valid references for the duration of the call.
 #[inline]
-unsafe fn call(callback: *mut ffi::PyObject, args: *mut ffi::PyObject) -> *mut ffi::PyObject {
+unsafe fn call(
+    py: Python<'_>,
+    callback: *mut ffi::PyObject,
+    args: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
     match ffi::PyTuple_GET_SIZE(args) {
-        0 => ffi::PyObject_CallNoArgs(callback),
+        0 => {
+            if let Some(&(tp, f)) = NATIVE_CALL.get() {
+                if ffi::Py_TYPE(callback) as usize == tp {
+                    // SAFETY (the function's contract): `callback` is a valid reference for the
+                    // call, borrowed here; an error is restored as the Python exception, as a
+                    // failed call leaves it.
+                    return match f(Bound::ref_from_ptr(py, &callback)) {
+                        Ok(()) => ffi::Py_NewRef(ffi::Py_None()),
+                        Err(e) => {
+                            e.restore(py);
+                            ptr::null_mut()
+                        }
+                    };
+                }
+            }
+            ffi::PyObject_CallNoArgs(callback)
+        }
         1 => ffi::PyObject_CallOneArg(callback, ffi::PyTuple_GET_ITEM(args, 0)),
         _ => ffi::PyObject_Call(callback, args, ptr::null_mut()),
     }
@@ -493,7 +530,7 @@ impl Handle {
             if ffi::PyContext_Enter(ctx) != 0 {
                 true
             } else {
-                let res = call(callback.as_ptr(), args.as_ptr());
+                let res = call(py, callback.as_ptr(), args.as_ptr());
                 let exit_failed = ffi::PyContext_Exit(ctx) != 0;
                 if res.is_null() {
                     true

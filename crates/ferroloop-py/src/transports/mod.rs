@@ -65,6 +65,10 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(stream::stream_transport, m)?)?;
     m.add_function(wrap_pyfunction!(stream::stream_fds, m)?)?;
     crate::runtime::flush::set_flush_fn(stream::flush_held);
+    crate::runtime::handle::set_native_call(
+        <stream::StreamCore as pyo3::PyTypeInfo>::type_object_raw(m.py()),
+        stream::read_ready,
+    );
     m.add_class::<accept::Accepted>()?;
     m.add_function(wrap_pyfunction!(accept::accept, m)?)?;
     m.add_function(wrap_pyfunction!(sockops::sock_recv, m)?)?;

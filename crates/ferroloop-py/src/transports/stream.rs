@@ -10,7 +10,8 @@
 //!
 //! Per message, no Python object is made other than the bytes passed to `data_received`:
 //!
-//! - reading: the core *is* the reader callback (`__call__`, asyncio's `_read_ready`): one `recv`
+//! - reading: the core *is* the reader callback (`__call__`, asyncio's `_read_ready`; handles
+//!   call it natively through [`read_ready`], `runtime::handle::set_native_call`): one `recv`
 //!   into the per-thread buffer, then `protocol.data_received(bytes)`; for a `BufferedProtocol`,
 //!   `get_buffer(-1)`, `recv_into`, `buffer_updated(n)`. EOF and errors go to the transport's
 //!   Python methods (`_read_ready__on_eof`, `_fatal_error`) with asyncio's messages.
@@ -19,7 +20,10 @@
 //!   listed once on the loop's flush list, `runtime::flush`; the one held write needs no
 //!   allocation) and [`flush_held`] then sends all the batch's writes with one `send`/`writev`;
 //!   outside a batch, for other bytes-like objects, or when the held bytes would pass the
-//!   high-water mark, everything held and `data` are sent at once. What the send leaves
+//!   high-water mark, everything held and `data` are sent at once. Writes made inside the
+//!   reader callback's protocol call (`data_received`, `buffer_updated`) are held on the core
+//!   alone, not listed, and sent when the protocol returns (`begin_reading`/`end_reading`):
+//!   an echo's one write costs no flush-list entry. What the send leaves
 //!   (or all of it on EAGAIN) is buffered — bytes objects by reference, other
 //!   bytes-like objects copied, as asyncio 3.11 does — and the writer callback (`_write_ready`)
 //!   sends the buffer with one `writev` per wake-up, as asyncio 3.12's `sendmsg`.
@@ -109,6 +113,9 @@ struct State {
     pending: bool,
     /// The one held write (a bytes object, by reference).
     deferred: Option<Py<PyBytes>>,
+    /// The reader callback is in `data_received`/`buffer_updated`: a write that would be held
+    /// is held on the core alone (not listed on the loop) and sent when the protocol returns.
+    reading: bool,
     /// `loop_` is a `LoopCore` (checked on the first held write; `None`: not yet known).
     loop_is_core: Option<bool>,
     /// `_protocol_paused`.
@@ -152,6 +159,27 @@ impl State {
 
     fn queue(&mut self) -> &mut WriteQueue<Chunk> {
         self.queue.get_or_insert_with(Default::default)
+    }
+
+    /// Hold `data` (`len` bytes, not empty) while the reader callback is in the protocol, when
+    /// nothing else is held or buffered and it is within the high-water mark (so sending it
+    /// when the protocol returns pauses nothing): `write`'s fast path, with asyncio's checks
+    /// left to the slow path whenever one of them could fail.
+    fn hold_in_reader(&mut self, data: &Bound<'_, PyBytes>, len: usize) -> bool {
+        if !self.reading
+            || self.pending
+            || self.conn_lost > 0
+            || self.eof
+            || self.sendfile
+            || self.queue.is_some()
+            || self.transport.is_none()
+            || len as u64 > self.high()
+        {
+            return false;
+        }
+        self.pending = true;
+        self.deferred = Some(data.clone().unbind());
+        true
     }
 
     /// Free the buffer if it is empty.
@@ -227,15 +255,34 @@ impl StreamCore {
         super::fatal_error(tr, err, message)
     }
 
+    /// Enter the protocol from the reader callback: writes are held on the core from now on.
+    fn begin_reading(&self, py: Python<'_>) -> PyResult<()> {
+        self.state(py, |s| s.reading = true)
+    }
+
+    /// Back from the protocol: what it wrote goes out now (one `send`, or one `writev`), as
+    /// asyncio's `write` would have sent it inside the protocol call.
+    fn end_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        if slf.get().state(slf.py(), |s| {
+            s.reading = false;
+            s.pending
+        })? {
+            Self::flush(slf)?;
+        }
+        Ok(())
+    }
+
     /// `_read_ready__data_received`.
-    fn read_data(&self, py: Python<'_>, tr: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn read_data(slf: &Bound<'_, Self>, tr: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
         // asyncio's streams: `StreamReaderProtocol.data_received` done natively when nothing
         // can tell (transports::streams); the bytes go straight into the reader's buffer.
-        let fed = self
+        let fed = this
             .state(py, |s| s.protocol.as_ref().map(|p| p.clone_ref(py)))?
             .and_then(|p| super::streams::feed_for(p.bind(py)));
         if let Some(feed) = fed {
-            return match sockio::recv_with(py, self.fd, self.max_size, |data| {
+            return match sockio::recv_with(py, this.fd, this.max_size, |data| {
                 (!data.is_empty()).then(|| feed.extend(data))
             }) {
                 Ok(Io::Done(None)) => {
@@ -250,7 +297,7 @@ impl StreamCore {
                 Err(err) => Self::fatal(tr, err, READ_FAILED),
             };
         }
-        let data = match sockio::recv(py, self.fd, self.max_size) {
+        let data = match sockio::recv(py, this.fd, this.max_size) {
             Ok(Io::Done(data)) => data,
             Ok(Io::WouldBlock) => return Ok(()),
             Err(err) => return Self::fatal(tr, err, READ_FAILED),
@@ -259,20 +306,26 @@ impl StreamCore {
             tr.call_method0(intern!(py, "_read_ready__on_eof"))?;
             return Ok(());
         }
-        let Some(protocol) = self.state(py, |s| s.protocol.as_ref().map(|p| p.clone_ref(py)))?
+        let Some(protocol) = this.state(py, |s| s.protocol.as_ref().map(|p| p.clone_ref(py)))?
         else {
             return Ok(());
         };
         let protocol = protocol.into_bound(py);
-        match super::call_method1(&protocol, intern!(py, "data_received"), data.as_any()) {
+        this.begin_reading(py)?;
+        let res = super::call_method1(&protocol, intern!(py, "data_received"), data.as_any());
+        drop(data);
+        Self::end_reading(slf)?;
+        match res {
             Ok(_) => Ok(()),
             Err(err) => Self::fatal(tr, err, DATA_RECEIVED_FAILED),
         }
     }
 
     /// `_read_ready__get_buffer`.
-    fn read_into(&self, py: Python<'_>, tr: &Bound<'_, PyAny>) -> PyResult<()> {
-        let Some(protocol) = self.state(py, |s| s.protocol.as_ref().map(|p| p.clone_ref(py)))?
+    fn read_into(slf: &Bound<'_, Self>, tr: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let Some(protocol) = this.state(py, |s| s.protocol.as_ref().map(|p| p.clone_ref(py)))?
         else {
             return Ok(());
         };
@@ -288,7 +341,7 @@ impl StreamCore {
             Ok(buf) => buf,
             Err(err) => return Self::fatal(tr, err, GET_BUFFER_FAILED),
         };
-        let received = match sockio::recv_into(py, self.fd, &buf) {
+        let received = match sockio::recv_into(py, this.fd, &buf) {
             Some(r) => r,
             // Not a writable buffer: socket.recv_into raises the TypeError asyncio reports.
             None => tr
@@ -306,7 +359,10 @@ impl StreamCore {
             tr.call_method0(intern!(py, "_read_ready__on_eof"))?;
             return Ok(());
         }
-        match protocol.call_method1(intern!(py, "buffer_updated"), (nbytes,)) {
+        this.begin_reading(py)?;
+        let res = protocol.call_method1(intern!(py, "buffer_updated"), (nbytes,));
+        Self::end_reading(slf)?;
+        match res {
             Ok(_) => Ok(()),
             Err(err) => Self::fatal(tr, err, BUFFER_UPDATED_FAILED),
         }
@@ -420,6 +476,12 @@ impl StreamCore {
             if s.pending {
                 s.spill();
                 s.queue().push(Chunk::Bytes(data.clone().unbind()));
+                return Ok(true);
+            }
+            if s.reading {
+                // Sent when the protocol returns to the reader callback (`end_reading`).
+                s.pending = true;
+                s.deferred = Some(data.clone().unbind());
                 return Ok(true);
             }
             let Some(l) = s.loop_.as_ref() else {
@@ -607,6 +669,14 @@ pub(crate) fn flush_held(obj: &Bound<'_, PyAny>) -> PyResult<()> {
     StreamCore::flush(unsafe { obj.cast_unchecked::<StreamCore>() })
 }
 
+/// The reader callback run natively by handles (`runtime::handle::set_native_call`): what
+/// calling the core does (`__call__`); `obj` is a `StreamCore`.
+pub(crate) fn read_ready(obj: &Bound<'_, PyAny>) -> PyResult<()> {
+    debug_assert!(obj.is_exact_instance_of::<StreamCore>());
+    // SAFETY: the handle calls this only for objects whose type is exactly `StreamCore`'s.
+    StreamCore::__call__(unsafe { obj.cast_unchecked::<StreamCore>() })
+}
+
 #[pymethods]
 impl StreamCore {
     /// `accepted`: a connection from `accept::accept`, whose fd (and peer address) the core
@@ -648,6 +718,7 @@ impl StreamCore {
                 queue: None,
                 pending: false,
                 deferred: None,
+                reading: false,
                 loop_is_core: None,
                 protocol_paused: false,
                 marks: None,
@@ -937,8 +1008,9 @@ impl StreamCore {
     }
 
     /// The reader callback (asyncio's `_read_ready`).
-    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
-        let Some((tr, buffered)) = self.state(py, |s| {
+    fn __call__(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let Some((tr, buffered)) = slf.get().state(py, |s| {
             if s.conn_lost > 0 || !s.read_cb {
                 return None;
             }
@@ -949,9 +1021,9 @@ impl StreamCore {
         };
         let tr = tr.into_bound(py);
         if buffered {
-            self.read_into(py, &tr)
+            Self::read_into(slf, &tr)
         } else {
-            self.read_data(py, &tr)
+            Self::read_data(slf, &tr)
         }
     }
 
@@ -959,6 +1031,13 @@ impl StreamCore {
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        // The reader callback's one write (an echo's, a request's reply): held on the core.
+        if let Ok(b) = data.cast_exact::<PyBytes>() {
+            let len = b.as_bytes().len();
+            if len > 0 && this.state(py, |s| s.hold_in_reader(b, len))? {
+                return Ok(());
+            }
+        }
         if !this.check_write(py, data, "write")? {
             return Ok(());
         }
