@@ -23,7 +23,26 @@ mod slots;
 
 pub(crate) use slot_method::set_write_fn;
 
+use std::ffi::CStr;
+
+use pyo3::ffi;
 use pyo3::prelude::*;
+
+/// Run `f` — the body of a raw type slot (`tp_descr_get`, vectorcall …) that CPython calls with
+/// the GIL held — with the GIL token; a panic becomes a SystemError with `message` instead of
+/// unwinding into CPython. `f` returns a new reference, or NULL with an exception set.
+fn guarded(message: &CStr, f: impl FnOnce(Python<'_>) -> *mut ffi::PyObject) -> *mut ffi::PyObject {
+    // SAFETY: every caller is a type slot CPython calls with the GIL held.
+    let py = unsafe { Python::assume_attached() };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(py))) {
+        Ok(r) => r,
+        Err(_) => {
+            // SAFETY: GIL held (as above).
+            unsafe { ffi::PyErr_SetString(ffi::PyExc_SystemError, message.as_ptr()) };
+            std::ptr::null_mut()
+        }
+    }
+}
 
 /// Add the classes of this area to the module and install the raw slot function.
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -68,6 +68,21 @@ unsafe fn slot(obj: *mut ffi::PyObject, offset: ffi::Py_ssize_t) -> *mut ffi::Py
     unsafe { *obj.cast::<u8>().offset(offset).cast::<*mut ffi::PyObject>() }
 }
 
+/// The object in `obj`'s `via` slot (`_core`, borrowed), or NULL with AttributeError.
+///
+/// # Safety
+/// GIL held; `m` a live `SlotMethod`, `obj` a live instance of its class.
+unsafe fn via(m: *mut SlotMethod, obj: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    // SAFETY: the caller's contract; `via` is an object slot of `owner`'s instances.
+    unsafe {
+        let core = slot(obj, (*m).via);
+        if core.is_null() {
+            ffi::PyErr_SetString(ffi::PyExc_AttributeError, c"_core".as_ptr());
+        }
+        core
+    }
+}
+
 /// Whether `obj` is an instance of the method's class; else TypeError (CPython's message for a
 /// method descriptor).
 ///
@@ -90,23 +105,9 @@ unsafe fn check_self(m: *mut SlotMethod, obj: *mut ffi::PyObject) -> bool {
     }
 }
 
-/// Run `f` with the GIL token; a panic becomes a SystemError rather than unwinding into CPython.
+/// Run `f` with the GIL token; a panic becomes a SystemError (`super::guarded`).
 fn guarded(f: impl FnOnce(Python<'_>) -> *mut ffi::PyObject) -> *mut ffi::PyObject {
-    // SAFETY: every caller is a type slot CPython calls with the GIL held.
-    let py = unsafe { Python::assume_attached() };
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(py))) {
-        Ok(r) => r,
-        Err(_) => {
-            // SAFETY: GIL held (as above).
-            unsafe {
-                ffi::PyErr_SetString(
-                    ffi::PyExc_SystemError,
-                    c"ferroloop: panic in a slot method".as_ptr(),
-                )
-            };
-            ptr::null_mut()
-        }
-    }
+    super::guarded(c"ferroloop: panic in a slot method", f)
 }
 
 /// The vectorcall entry: `method(self, *args, **kwargs)`.
@@ -146,9 +147,8 @@ unsafe extern "C" fn call(
                 ffi::Py_DECREF(assigned);
                 return r;
             }
-            let core = slot(obj, (*m).via);
+            let core = via(m, obj);
             if core.is_null() {
-                ffi::PyErr_SetString(ffi::PyExc_AttributeError, c"_core".as_ptr());
                 return ptr::null_mut();
             }
             ffi::Py_INCREF(core);
@@ -212,9 +212,8 @@ unsafe extern "C" fn descr_get(
             }
             // The core's own bound method (what the instance attribute used to hold): a later
             // call through it costs what a call of the core's method costs.
-            let core = slot(obj, (*m).via);
+            let core = via(m, obj);
             if core.is_null() {
-                ffi::PyErr_SetString(ffi::PyExc_AttributeError, c"_core".as_ptr());
                 return ptr::null_mut();
             }
             ffi::PyObject_GetAttr(core, (*m).name)

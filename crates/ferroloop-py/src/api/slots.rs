@@ -107,25 +107,12 @@ unsafe extern "C" fn raw_get(
     obj: *mut ffi::PyObject,
     _ty: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    let run = || {
-        // SAFETY: CPython calls tp_descr_get with the GIL held and live arguments.
-        unsafe { SlotDescriptor::read(Python::assume_attached(), descr, obj) }
-    };
     // `read` only reads pointers and calls the C API; nothing in it is expected to panic, but a
     // panic must never unwind into CPython.
-    match std::panic::catch_unwind(run) {
-        Ok(result) => result,
-        Err(_) => {
-            // SAFETY: GIL held (as above).
-            unsafe {
-                ffi::PyErr_SetString(
-                    ffi::PyExc_SystemError,
-                    c"ferroloop: panic in slot lookup".as_ptr(),
-                );
-            }
-            std::ptr::null_mut()
-        }
-    }
+    super::guarded(c"ferroloop: panic in slot lookup", |py| {
+        // SAFETY: CPython calls tp_descr_get with the GIL held and live arguments.
+        unsafe { SlotDescriptor::read(py, descr, obj) }
+    })
 }
 
 #[pymethods]

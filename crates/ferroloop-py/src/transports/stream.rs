@@ -583,17 +583,10 @@ impl StreamCore {
 
 impl Drop for StreamCore {
     fn drop(&mut self) {
-        let fd = self.fd;
-        let s = self.st.get_mut();
-        if !s.attached {
-            return;
-        }
-        s.attached = false;
-        if let Some(l) = s.loop_.as_ref() {
+        // Only an attached core needs the GIL here.
+        if self.st.get_mut().attached {
             Python::attach(|py| {
-                if let Ok(lp) = l.bind(py).cast::<LoopCore>() {
-                    let _ = lp.get().detach_stream(py, fd);
-                }
+                let _ = self.detach(py);
             });
         }
     }
@@ -634,12 +627,22 @@ pub(crate) fn stream_transport(
     let (Ok(lp), Ok(fd)) = (loop_.cast::<LoopCore>(), fd.extract::<i32>()) else {
         return Ok(None);
     };
-    let Some(core) = lp.get().stream_at(py, fd)? else {
+    let Some(core) = open_core_at(lp, fd)? else {
         return Ok(None);
     };
-    let core = core.cast_into::<StreamCore>()?;
     core.get()
         .state(py, |s| s.transport.as_ref().map(|t| t.clone_ref(py)))
+}
+
+/// The core in `lp`'s map of open stream transports at `fd`, if any.
+fn open_core_at<'py>(
+    lp: &Bound<'py, LoopCore>,
+    fd: i32,
+) -> PyResult<Option<Bound<'py, StreamCore>>> {
+    match lp.get().stream_at(lp.py(), fd)? {
+        Some(core) => Ok(Some(core.cast_into::<StreamCore>()?)),
+        None => Ok(None),
+    }
 }
 
 /// The fds of `loop_`'s map of open stream transports.
@@ -654,12 +657,10 @@ pub(crate) fn stream_fds(loop_: &Bound<'_, PyAny>) -> PyResult<Vec<i32>> {
 /// For asyncio's `_ensure_fd_no_transport(fd)`: `Some(closing)` of the stream transport open
 /// on `fd`, `None` if there is none.
 pub(crate) fn closing_at(lp: &Bound<'_, LoopCore>, fd: i32) -> PyResult<Option<bool>> {
-    let py = lp.py();
-    let Some(core) = lp.get().stream_at(py, fd)? else {
+    let Some(core) = open_core_at(lp, fd)? else {
         return Ok(None);
     };
-    let core = core.cast_into::<StreamCore>()?;
-    core.get().state(py, |s| Some(s.closing))
+    core.get().state(lp.py(), |s| Some(s.closing))
 }
 
 /// The flush function of the loop's flush list (`runtime::flush`): `obj` is a `StreamCore`.
