@@ -61,14 +61,7 @@ impl Epoll {
         let n = unsafe {
             libc::epoll_wait(self.fd, self.events.as_mut_ptr(), self.events.len() as i32, timeout_ms)
         };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                return Ok(Vec::new());
-            }
-            return Err(e);
-        }
-        Ok(self.events[..n as usize].iter().map(|e| (e.events, e.u64)).collect())
+        self.ready(n)
     }
 
     /// `wait` with a nanosecond timeout (`epoll_pwait2`, Linux 5.11): the open-loop client sleeps
@@ -82,6 +75,11 @@ impl Epoll {
         let n = unsafe {
             libc::epoll_pwait2(self.fd, self.events.as_mut_ptr(), self.events.len() as i32, &ts, std::ptr::null())
         };
+        self.ready(n)
+    }
+
+    /// The (events, token) pairs of a wait that returned `n` (an interrupted wait: none).
+    fn ready(&self, n: i32) -> io::Result<Vec<(u32, u64)>> {
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {

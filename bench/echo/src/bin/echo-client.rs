@@ -503,16 +503,8 @@ fn main() {
     }
     let (srv1, cli1) = (o.server_pid.and_then(proc_cpu), self_cpu());
     let secs = m_start.elapsed().as_secs_f64();
-    lat_ns.sort_unstable();
-    let pct = |p: f64| {
-        if lat_ns.is_empty() {
-            0.0
-        } else {
-            lat_ns[((lat_ns.len() as f64 * p) as usize).min(lat_ns.len() - 1)] as f64 / 1e3
-        }
-    };
-    let mean = if lat_ns.is_empty() { 0.0 } else { lat_ns.iter().sum::<u64>() as f64 / lat_ns.len() as f64 / 1e3 };
-    let max = lat_ns.last().map_or(0.0, |&x| x as f64 / 1e3);
+    let lat = Latency::of(&mut lat_ns);
+    let (pct, mean, max) = (|p| lat.pct(p), lat.mean, lat.max);
     let mut out = format!(
         "{{\"conns\": {}, \"size\": {}, \"requests\": {}, \"seconds\": {:.6}, \"req_per_s\": {:.1}, \
          \"p50_us\": {:.1}, \"p90_us\": {:.1}, \"p99_us\": {:.1}, \"p999_us\": {:.1}, \"max_us\": {:.1}, \
@@ -523,10 +515,44 @@ fn main() {
     if udp {
         out += &format!(", \"resent\": {resent}, \"stale\": {stale}");
     }
-    if let Some(Stream::Tls(t)) = conns.first().map(|c| &c.stream) {
+    print_report(out, conns.first().map(|c| &c.stream), (srv0, srv1), done);
+}
+
+
+/// Latency figures of a run, in µs, from its per-request latencies in ns.
+struct Latency<'a> {
+    sorted: &'a [u64],
+    mean: f64,
+    max: f64,
+}
+
+impl<'a> Latency<'a> {
+    fn of(lat_ns: &'a mut [u64]) -> Self {
+        lat_ns.sort_unstable();
+        let n = lat_ns.len();
+        let mean = if n == 0 { 0.0 } else { lat_ns.iter().sum::<u64>() as f64 / n as f64 / 1e3 };
+        let max = lat_ns.last().map_or(0.0, |&x| x as f64 / 1e3);
+        Latency { sorted: lat_ns, mean, max }
+    }
+
+    /// The `p` quantile (0..1).
+    fn pct(&self, p: f64) -> f64 {
+        let n = self.sorted.len();
+        if n == 0 {
+            0.0
+        } else {
+            self.sorted[((n as f64 * p) as usize).min(n - 1)] as f64 / 1e3
+        }
+    }
+}
+
+/// Ends a run's JSON report `out` with the fields both modes share (the TLS cipher, the server's
+/// CPU over the window from `srv` = (start, end) CPU seconds, per reply) and prints it.
+fn print_report(mut out: String, first: Option<&Stream>, srv: (Option<f64>, Option<f64>), done: u64) {
+    if let Some(Stream::Tls(t)) = first {
         out += &format!(", \"cipher\": {}", json_str(&tls_cipher(t)));
     }
-    if let (Some(a), Some(b)) = (srv0, srv1) {
+    if let (Some(a), Some(b)) = srv {
         let per = if done > 0 { (b - a) / done as f64 * 1e6 } else { 0.0 };
         out += &format!(", \"server_cpu_s\": {:.4}, \"server_cpu_us_per_req\": {:.3}", b - a, per);
     }
@@ -817,16 +843,8 @@ fn open_loop(o: &Opts, tls: Option<&SslConnector>, rate: f64) {
              (kept up by taking several requests of a connection per read)"
         ));
     }
-    lat_ns.sort_unstable();
-    let pct = |p: f64| {
-        if lat_ns.is_empty() {
-            0.0
-        } else {
-            lat_ns[((lat_ns.len() as f64 * p) as usize).min(lat_ns.len() - 1)] as f64 / 1e3
-        }
-    };
-    let mean = if lat_ns.is_empty() { 0.0 } else { lat_ns.iter().sum::<u64>() as f64 / lat_ns.len() as f64 / 1e3 };
-    let max = lat_ns.last().map_or(0.0, |&x| x as f64 / 1e3);
+    let lat = Latency::of(&mut lat_ns);
+    let (pct, mean, max) = (|p| lat.pct(p), lat.mean, lat.max);
     let mut out = format!(
         "{{\"mode\": \"open\", \"rate\": {rate:.1}, \"max_inflight\": {}, \"conns\": {}, \"size\": {}, \
          \"requests\": {done}, \"seconds\": {secs:.6}, \"req_per_s\": {achieved:.1}, \
@@ -850,15 +868,7 @@ fn open_loop(o: &Opts, tls: Option<&SslConnector>, rate: f64) {
     if udp {
         out += &format!(", \"resent\": {resent}, \"stale\": {stale}");
     }
-    if let Some(Stream::Tls(t)) = conns.first().map(|c| &c.stream) {
-        out += &format!(", \"cipher\": {}", json_str(&tls_cipher(t)));
-    }
-    if let (Some(a), Some(b)) = (srv0, srv1) {
-        let per = if done > 0 { (b - a) / done as f64 * 1e6 } else { 0.0 };
-        out += &format!(", \"server_cpu_s\": {:.4}, \"server_cpu_us_per_req\": {:.3}", b - a, per);
-    }
-    out += "}";
-    println!("{out}");
+    print_report(out, conns.first().map(|c| &c.stream), (srv0, srv1), done);
 }
 
 /// Writes what it can of an open-loop connection's queued requests; EPOLLOUT while bytes remain.
