@@ -137,10 +137,7 @@ def test_fd_of_a_closing_transport_is_not_refused(loop, tmp_path):
         loop.add_writer(fd, print)
         assert loop.remove_writer(fd) is True
         await cp.lost
-        sp.transport.close()
-        await sp.lost
-        srv.close()
-        await srv.wait_closed()
+        await shut(srv, sp)
 
     run(loop, main())
 
@@ -296,13 +293,7 @@ def test_data_received_context(loop, family, tmp_path):
         c1.write(b'four')
         await recv(made[0], 3)
         assert made[0].seen[2] == ('resumer', None)
-        for c, cp in ((c1, cp1), (c2, cp2)):
-            c.close()
-            await cp.lost
-        for p in made:
-            await p.lost
-        srv.close()
-        await srv.wait_closed()
+        await shut(srv, cp1, cp2, *made)
 
     run(loop, main())
 

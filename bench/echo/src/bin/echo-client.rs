@@ -261,6 +261,31 @@ fn stream_read(stream: &mut Stream, fd: RawFd, buf: &mut [u8]) -> std::io::Resul
     }
 }
 
+/// One echoed datagram of client `i`: its length, `None` when the socket is drained; any error,
+/// or a datagram of another size than `expected`, ends the run.
+fn recv_datagram(fd: RawFd, buf: &mut [u8], expected: usize, i: usize) -> Option<usize> {
+    let n = match read(fd, buf) {
+        Ok(Some(n)) => n,
+        Ok(None) => return None,
+        Err(e) => fail(&format!("client {i}: recv: {e}")),
+    };
+    if n != expected {
+        fail(&format!("client {i}: a {n}-byte datagram, expected {expected}"));
+    }
+    Some(n)
+}
+
+/// What connection `i` has received: the count, `None` when nothing is there now; the server
+/// closing the connection, or any error, ends the run.
+fn recv_stream(stream: &mut Stream, fd: RawFd, buf: &mut [u8], i: usize) -> Option<usize> {
+    match stream_read(stream, fd, buf) {
+        Ok(Some(0)) => fail(&format!("connection {i}: server closed the connection")),
+        Ok(Some(n)) => Some(n),
+        Ok(None) => None,
+        Err(e) => fail(&format!("connection {i}: recv: {e}")),
+    }
+}
+
 /// Writes what fits: the count, 0 when nothing fits now (EAGAIN, or TLS must wait).
 fn stream_write(stream: &mut Stream, fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
     match stream {
@@ -407,15 +432,7 @@ fn main() {
             let c = &mut conns[i];
             if udp {
                 // one read = one datagram; drain the socket
-                loop {
-                    let n = match read(c.fd, &mut buf) {
-                        Ok(Some(n)) => n,
-                        Ok(None) => break,
-                        Err(e) => fail(&format!("client {i}: recv: {e}")),
-                    };
-                    if n != c.msg.len() {
-                        fail(&format!("client {i}: a {n}-byte datagram, expected {}", c.msg.len()));
-                    }
+                while let Some(n) = recv_datagram(c.fd, &mut buf, c.msg.len(), i) {
                     let k = n.min(8);
                     if buf[..k] != c.msg[..k] {
                         stale += 1; // the echo of an earlier (resent) request
@@ -446,12 +463,7 @@ fn main() {
             }
             loop {
                 let want = c.msg.len() - c.recvd;
-                let n = match stream_read(&mut c.stream, c.fd, &mut buf) {
-                    Ok(Some(0)) => fail(&format!("connection {i}: server closed the connection")),
-                    Ok(Some(n)) => n,
-                    Ok(None) => break,
-                    Err(e) => fail(&format!("connection {i}: recv: {e}")),
-                };
+                let Some(n) = recv_stream(&mut c.stream, c.fd, &mut buf, i) else { break };
                 if n > want || n > c.sent - c.recvd {
                     fail(&format!("connection {i}: {n} bytes received but only {} expected", want.min(c.sent - c.recvd)));
                 }
@@ -725,15 +737,7 @@ fn open_loop(o: &Opts, tls: Option<&SslConnector>, rate: f64) {
             let i = token as usize;
             let c = &mut conns[i];
             if udp {
-                loop {
-                    let got = match read(c.fd, &mut buf) {
-                        Ok(Some(got)) => got,
-                        Ok(None) => break,
-                        Err(e) => fail(&format!("client {i}: recv: {e}")),
-                    };
-                    if got != o.size {
-                        fail(&format!("client {i}: a {got}-byte datagram, expected {}", o.size));
-                    }
+                while let Some(got) = recv_datagram(c.fd, &mut buf, o.size, i) {
                     let k = u64::from_le_bytes(buf[..8].try_into().unwrap());
                     let Some(pos) = c.pending.iter().position(|&(p, _)| p == k) else {
                         stale += 1; // a duplicate echo of a resent request
@@ -760,13 +764,7 @@ fn open_loop(o: &Opts, tls: Option<&SslConnector>, rate: f64) {
             if ev & (IN | libc::EPOLLHUP as u32 | libc::EPOLLERR as u32) == 0 {
                 continue;
             }
-            loop {
-                let got = match stream_read(&mut c.stream, c.fd, &mut buf) {
-                    Ok(Some(0)) => fail(&format!("connection {i}: server closed the connection")),
-                    Ok(Some(got)) => got,
-                    Ok(None) => break,
-                    Err(e) => fail(&format!("connection {i}: recv: {e}")),
-                };
+            while let Some(got) = recv_stream(&mut c.stream, c.fd, &mut buf, i) {
                 if c.bytes_in + got as u64 > c.bytes_out {
                     fail(&format!("connection {i}: {got} bytes received but only {} expected", c.bytes_out - c.bytes_in));
                 }
