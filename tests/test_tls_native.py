@@ -93,6 +93,8 @@ def test_transport_and_extra_info(loop, flavor, certs):
                                              server_hostname='localhost')
         tr = w.transport
         assert is_native(flavor, tr)
+        if flavor.name == 'ferroloop':   # records go to OpenSSL directly, not through _ssl
+            assert tr._ssl_protocol._direct_openssl
         assert isinstance(tr, asyncio.sslproto._SSLProtocolTransport)
         assert isinstance(tr, asyncio.Transport)
         assert repr(tr).startswith('<asyncio.sslproto._SSLProtocolTransport object at ')
@@ -828,3 +830,125 @@ def test_shutdown_timeout(loop, certs):
     exc = run(loop, main(), 20)
     h.finish(check_errors=False)
     assert isinstance(exc, TimeoutError) and str(exc) == 'SSL shutdown timed out', repr(exc)
+
+
+# -- errors after the handshake: what OpenSSL reports reaches the protocol as on asyncio -----------
+
+def _corrupt_record_outcome(loop, certs, corrupt):
+    """A TLS connection; after the handshake the client sends `corrupt()` as raw bytes on its
+    socket. Returns what the server's reader got and what reached the exception handler."""
+    h = Harness(loop)
+    sctx, cctx = server_ctx(certs), client_ctx(certs)
+    got = []
+
+    async def main():
+        async def handle(r, w):
+            got.append(await r.readexactly(5))
+            w.write(b'ok')
+            try:
+                got.append(await r.read())
+            except Exception as exc:
+                got.append(exc)
+            w.close()
+        srv = await asyncio.start_server(handle, '127.0.0.1', 0, ssl=sctx)
+        port = srv.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection('127.0.0.1', port, ssl=cctx,
+                                             server_hostname='localhost')
+        w.write(b'hello')
+        assert await r.readexactly(2) == b'ok'
+        w.transport._ssl_protocol._transport.write(corrupt())
+        await asyncio.wait_for(r.read(), 10)
+        w.close()
+        await w.wait_closed()
+        srv.close()
+        await srv.wait_closed()
+
+    run(loop, main(), 20)
+    h.finish(check_errors=False)
+    return got, h.errors
+
+
+@pytest.mark.timeout(30)
+def test_bad_record_mac_after_handshake(loop, certs):
+    # a well-formed application-data record whose content is random: OpenSSL fails to decrypt
+    # it, and the server's reader gets the SSLError asyncio gives (reason and library from the
+    # error OpenSSL queued), nothing else
+    got, errors = _corrupt_record_outcome(
+        loop, certs, lambda: b'\x17\x03\x03\x00\x40' + os.urandom(64))
+    assert got[0] == b'hello'
+    exc = got[1]
+    assert type(exc) is ssl.SSLError, repr(exc)
+    assert exc.library == 'SSL'
+    assert exc.reason in ('DECRYPTION_FAILED_OR_BAD_RECORD_MAC', 'BAD_RECORD_MAC'), repr(exc)
+    assert 'bad record mac' in str(exc)
+    assert errors == []     # an OSError: asyncio logs it in debug mode only
+
+
+@pytest.mark.timeout(30)
+def test_wrong_record_type_after_handshake(loop, certs):
+    # a record of an unknown content type: OpenSSL's "unexpected record" error, as on asyncio
+    got, errors = _corrupt_record_outcome(
+        loop, certs, lambda: b'\x42\x03\x03\x00\x10' + bytes(16))
+    assert got[0] == b'hello'
+    exc = got[1]
+    assert type(exc) is ssl.SSLError, repr(exc)
+    assert exc.library == 'SSL'
+    assert exc.reason is not None and exc.reason in str(exc)
+    assert errors == []
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.expect_exception_handler
+def test_callback_exception_during_read(loop, certs):
+    # an exception raised by the context's message callback while a record is decrypted after
+    # the handshake is raised by that read, as `_ssl` raises it: asyncio's fatal-error path,
+    # the exception handler with the callback's exception, connection_lost with it
+    h = Harness(loop)
+    sctx, cctx = server_ctx(certs), client_ctx(certs)
+    armed = []
+    lost = []
+
+    def msg_callback(conn, direction, version, content_type, msg_type, data):
+        if armed and direction == 'read' and armed.pop():
+            raise RuntimeError('boom from the message callback')
+
+    cctx._msg_callback = msg_callback
+
+    class Client(asyncio.Protocol):
+        def connection_made(self, tr):
+            self.tr = tr
+
+        def data_received(self, data):
+            pass
+
+        def connection_lost(self, exc):
+            lost.append(exc)
+
+    async def main():
+        async def handle(r, w):
+            await r.readexactly(1)
+            w.write(b'pong')
+            await w.drain()
+            await r.read()
+            w.close()
+        srv = await asyncio.start_server(handle, '127.0.0.1', 0, ssl=sctx)
+        port = srv.sockets[0].getsockname()[1]
+        tr, proto = await loop.create_connection(Client, '127.0.0.1', port, ssl=cctx,
+                                                 server_hostname='localhost')
+        await asyncio.sleep(0.1)   # TLS 1.3 session tickets read (a read ending in WANT_READ
+        armed.append(True)         # drops what a callback raised, on both loops)
+        tr.write(b'p')
+        for _ in range(200):
+            if lost:
+                break
+            await asyncio.sleep(0.01)
+        tr.close()
+        srv.close()
+        await srv.wait_closed()
+
+    run(loop, main(), 20)
+    h.finish(check_errors=False)
+    assert len(lost) == 1 and type(lost[0]) is RuntimeError, lost
+    assert str(lost[0]) == 'boom from the message callback'
+    assert [e.get('message') for e in h.errors] == ['Fatal error on SSL protocol']
+    assert h.errors[0]['exception'] is lost[0]

@@ -10,7 +10,8 @@
 //! - [`transports`] — the per-message paths of socket transports and `sock_*` calls, on a shared
 //!   base (fatal-error path, exit-exception filter, protocol calls).
 //! - Leaves: [`errors`] (the one `OSError` conversion, CPython's text), [`gil`] (`GilCell`),
-//!   [`helpers`] (Python helpers of the slow paths).
+//!   [`helpers`] (Python helpers of the slow paths), [`sys`] (OpenSSL under `_ssl`, called
+//!   directly).
 //!
 //! This file is wiring only. The module is built for GIL-enabled CPython only and says so
 //! (`gil_used = true`): `GilCell` and the slots rely on the GIL serialising all access.
@@ -22,6 +23,7 @@ mod errors;
 mod gil;
 mod helpers;
 mod runtime;
+mod sys;
 mod transports;
 
 #[pymodule(gil_used = true)]

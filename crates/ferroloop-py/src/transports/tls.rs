@@ -38,6 +38,7 @@ use pyo3::PyTraverseError;
 
 use super::call_method1;
 use crate::errors;
+use crate::sys::openssl::{Direct, Io};
 
 /// asyncio's `SSLProtocol.max_size`: the buffer handed to the socket transport and the size of
 /// one `read` from the SSL object.
@@ -228,6 +229,9 @@ pub struct TlsProtocol {
     /// The bound methods of the per-record calls, looked up once when `_sslobj_raw`,
     /// `_incoming`, `_outgoing` and `_transport` are set (see `Calls`).
     calls: Calls,
+    /// OpenSSL called directly on `raw`'s `SSL *` and the two BIOs (`sys::openssl`), set when
+    /// `raw`, `incoming` and `outgoing` are all `_ssl`'s exact types, wired to each other.
+    direct: Option<Direct>,
     #[pyo3(get, set, name = "_extra")]
     extra: Option<Py<PyDict>>,
     /// asyncio's `_ssl_buffer`/`_ssl_buffer_view`: what `get_buffer` hands to the socket side.
@@ -258,11 +262,55 @@ pub struct TlsProtocol {
     outgoing_low_water: isize,
 }
 
+/// A [`Direct`] with the three `_ssl` objects owning its pointers held for the duration of a
+/// call (a callback run by OpenSSL could otherwise drop the protocol's references to them).
+struct Live<'py> {
+    d: Direct,
+    _keep: [Bound<'py, PyAny>; 3],
+}
+
+impl<'py> std::ops::Deref for Live<'py> {
+    type Target = Direct;
+    fn deref(&self) -> &Direct {
+        &self.d
+    }
+}
+
 fn bound<'py>(py: Python<'py>, o: &Option<Py<PyAny>>) -> Option<Bound<'py, PyAny>> {
     o.as_ref().map(|o| o.clone_ref(py).into_bound(py))
 }
 
 impl TlsProtocol {
+    /// The direct OpenSSL path with its objects held, if this connection has one.
+    fn live<'py>(slf: &Bound<'py, Self>) -> Option<Live<'py>> {
+        let py = slf.py();
+        let me = slf.borrow();
+        let d = me.direct?;
+        let keep = [
+            bound(py, &me.raw)?,
+            bound(py, &me.incoming)?,
+            bound(py, &me.outgoing)?,
+        ];
+        Some(Live { d, _keep: keep })
+    }
+
+    /// Recomputes the direct path after `_sslobj_raw`, `_incoming` or `_outgoing` changed.
+    fn rebind(slf: &Bound<'_, Self>) {
+        let py = slf.py();
+        let d = {
+            let me = slf.borrow();
+            match (
+                bound(py, &me.raw),
+                bound(py, &me.incoming),
+                bound(py, &me.outgoing),
+            ) {
+                (Some(r), Some(i), Some(o)) => Direct::bind(&r, &i, &o),
+                _ => None,
+            }
+        };
+        slf.borrow_mut().direct = d;
+    }
+
     fn field<'py>(
         slf: &Bound<'py, Self>,
         f: impl FnOnce(&Self) -> &Option<Py<PyAny>>,
@@ -325,11 +373,17 @@ impl TlsProtocol {
 
     /// `_get_read_buffer_size`: `self._incoming.pending`.
     fn read_buffer_size(slf: &Bound<'_, Self>) -> PyResult<isize> {
+        if let Some(d) = Self::live(slf) {
+            return Ok(d.incoming_pending() as isize);
+        }
         Self::pending(&Self::need(slf, |s| &s.incoming, "pending")?)
     }
 
     /// `_get_write_buffer_size`: `self._outgoing.pending + self._write_buffer_size`.
     fn write_buffer_size_(slf: &Bound<'_, Self>) -> PyResult<isize> {
+        if let Some(d) = Self::live(slf) {
+            return Ok(d.outgoing_pending() as isize + slf.borrow().write_buffer_size);
+        }
         let n = Self::pending(&Self::need(slf, |s| &s.outgoing, "pending")?)?;
         Ok(n + slf.borrow().write_buffer_size)
     }
@@ -379,9 +433,37 @@ impl TlsProtocol {
         }
     }
 
+    /// `self._incoming.write(self._ssl_buffer_view[:nbytes])` by `BIO_write` on the direct
+    /// path; false when `_ssl`'s call has to be made (no direct path, a size outside the
+    /// buffer, or the BIO refused: after `write_eof()`, `_ssl` raises).
+    fn feed_direct(slf: &Bound<'_, Self>, nbytes: isize) -> bool {
+        let Some(d) = Self::live(slf) else {
+            return false;
+        };
+        let Some(buf) = Self::field_buf(slf) else {
+            return false;
+        };
+        if nbytes <= 0 || nbytes as usize > buf.len() {
+            return false;
+        }
+        // SAFETY: GIL held; the bytearray is not resized (a memoryview exports it) and the
+        // memory BIO copies the bytes before returning, running no Python code.
+        d.feed(unsafe { &buf.as_bytes()[..nbytes as usize] })
+    }
+
+    fn field_buf<'py>(slf: &Bound<'py, Self>) -> Option<Bound<'py, PyByteArray>> {
+        let me = slf.borrow();
+        me.ssl_buffer
+            .as_ref()
+            .map(|b| b.clone_ref(slf.py()).into_bound(slf.py()))
+    }
+
     /// True when a `read` now could only raise SSLWantReadError (see the module docs).
     fn nothing_to_read(slf: &Bound<'_, Self>) -> PyResult<bool> {
         let py = slf.py();
+        if let Some(d) = Self::live(slf) {
+            return Ok(d.incoming_pending() == 0 && d.pending() == 0);
+        }
         if Self::read_buffer_size(slf)? != 0 {
             return Ok(false);
         }
@@ -447,6 +529,19 @@ impl TlsProtocol {
                 // copies it), and the bytearray is not resized (a memoryview exports it).
                 spill.extend_from_slice(unsafe { &buf.as_bytes()[..offset] });
                 offset = 0;
+            }
+            if let Some(d) = Self::live(slf) {
+                // SAFETY: GIL held; the bytearray is neither resized (a memoryview exports it)
+                // nor read or written by anyone else while OpenSSL decrypts into its tail.
+                let tail = unsafe { &mut buf.as_bytes_mut()[offset..cap] };
+                match d.read(py, tail)? {
+                    Io::Done(n) => {
+                        offset += n;
+                        continue;
+                    }
+                    Io::Again => break,
+                    Io::Fallback => {}
+                }
             }
             let target = if offset == 0 {
                 view.clone()
@@ -579,15 +674,31 @@ impl TlsProtocol {
                     None => break,
                 }
             };
-            match Self::call(
-                slf,
-                |c| &c.write,
-                |s| &s.raw,
-                intern!(py, "write"),
-                &[&front],
-            ) {
+            // bytes objects (immutable: no callback run by OpenSSL can change them) go straight
+            // to SSL_write_ex; anything else, and what it does not complete, to `_ssl`
+            let direct = match (Self::live(slf), front.cast::<PyBytes>()) {
+                (Some(d), Ok(b)) if b.is_exact_instance_of::<PyBytes>() => {
+                    match d.write(py, b.as_bytes())? {
+                        Io::Done(n) => Some(n as isize),
+                        Io::Again => break,
+                        Io::Fallback => None,
+                    }
+                }
+                _ => None,
+            };
+            let res = match direct {
+                Some(n) => Ok(n),
+                None => Self::call(
+                    slf,
+                    |c| &c.write,
+                    |s| &s.raw,
+                    intern!(py, "write"),
+                    &[&front],
+                )
+                .and_then(|c| c.extract::<isize>()),
+            };
+            match res {
                 Ok(count) => {
-                    let count: isize = count.extract()?;
                     let data_len = front.len()? as isize;
                     if count < data_len {
                         let rest = front
@@ -622,14 +733,23 @@ impl TlsProtocol {
         let py = slf.py();
         if !slf.borrow().ssl_writing_paused {
             let outgoing = Self::need(slf, |s| &s.outgoing, "read")?;
-            if Self::pending(&outgoing)? > 0 {
-                let data = Self::call(
-                    slf,
-                    |c| &c.out_read,
-                    |s| &s.outgoing,
-                    intern!(py, "read"),
-                    &[],
-                )?;
+            let direct = Self::live(slf);
+            let pending = match &direct {
+                Some(d) => d.outgoing_pending() as isize,
+                None => Self::pending(&outgoing)?,
+            };
+            if pending > 0 {
+                let data = match &direct {
+                    Some(d) => d.drain(py)?.into_any(),
+                    None => Self::call(
+                        slf,
+                        |c| &c.out_read,
+                        |s| &s.outgoing,
+                        intern!(py, "read"),
+                        &[],
+                    )?,
+                };
+                drop(direct);
                 if data.len()? > 0 {
                     let w = intern!(py, "write");
                     Self::call(slf, |c| &c.tr_write, |s| &s.transport, w, &[&data])?;
@@ -749,6 +869,7 @@ impl TlsProtocol {
             ssl_buffer: None,
             ssl_view: None,
             calls: Calls::default(),
+            direct: None,
             write_backlog: VecDeque::new(),
             write_buffer_size: 0,
             conn_lost: 0,
@@ -816,6 +937,7 @@ impl TlsProtocol {
             (old, std::mem::replace(&mut me.raw, value))
         };
         drop(old);
+        Self::rebind(slf);
     }
 
     #[setter(_incoming)]
@@ -827,6 +949,7 @@ impl TlsProtocol {
             (a, std::mem::replace(&mut me.incoming, value))
         };
         drop(old);
+        Self::rebind(slf);
     }
 
     #[setter(_outgoing)]
@@ -838,6 +961,7 @@ impl TlsProtocol {
             (a, std::mem::replace(&mut me.outgoing, value))
         };
         drop(old);
+        Self::rebind(slf);
     }
 
     /// `_transport`; `write` is looked up once only on ferroloop's own socket transport (a
@@ -861,6 +985,13 @@ impl TlsProtocol {
         };
         drop(old);
         Ok(())
+    }
+
+    /// Whether the per-record calls go to OpenSSL directly (`sys::openssl`) rather than through
+    /// `_ssl`'s methods.
+    #[getter]
+    fn _direct_openssl(slf: &Bound<'_, Self>) -> bool {
+        slf.borrow().direct.is_some()
     }
 
     /// Set `_app_protocol` to None (connection_lost).
@@ -956,15 +1087,16 @@ impl TlsProtocol {
     fn buffer_updated(slf: &Bound<'_, Self>, nbytes: isize) -> PyResult<()> {
         let py = slf.py();
         let view = Self::need(slf, |s| &s.ssl_view, "__getitem__")?;
-        let part = Self::received(slf, &view, nbytes)?;
-        Self::call(
-            slf,
-            |c| &c.in_write,
-            |s| &s.incoming,
-            intern!(py, "write"),
-            &[&part],
-        )?;
-        drop(part);
+        if !Self::feed_direct(slf, nbytes) {
+            let part = Self::received(slf, &view, nbytes)?;
+            Self::call(
+                slf,
+                |c| &c.in_write,
+                |s| &s.incoming,
+                intern!(py, "write"),
+                &[&part],
+            )?;
+        }
         let st = slf.borrow().st;
         match st {
             DO_HANDSHAKE => {
@@ -1141,5 +1273,6 @@ impl TlsProtocol {
         self.ssl_view = None;
         self.write_backlog.clear();
         self.calls = Calls::default();
+        self.direct = None;
     }
 }
