@@ -27,6 +27,7 @@
 //! | `datagram.rs` | `DatagramCore`: state, reading (`recvfrom` → `datagram_received`, a batch per wake-up, cached address objects), `sendto`, the send buffer and its writer of ferroloop's datagram transport (`ferroloop._datagram` is its Python half) |
 //! | `pipe.rs` | `PipeReadCore`, `PipeWriteCore`: state, reading (`data_received`), `write`, the write buffer and its writer of ferroloop's pipe transports (`ferroloop._pipes` is their Python half) |
 //! | `process.rs` | `PidfdWatch`: a child's exit through its pidfd registered as a reader; reaping and the return code |
+//! | `subprocess.rs` | `SubprocessCore`: state and per-event methods of ferroloop's subprocess transport (pipes' events, the exit, `close`/`kill`, `wait`'s waiters, the repr; `ferroloop._subprocess` is its Python half) |
 //! | `sockops.rs` | `sock_recv` / `sock_sendall`: the attempt, the wait and the clean-up |
 //! | `sockio.rs` | recv/send syscalls with the `socket` module's results and errors |
 //! | `tls.rs` | `TlsProtocol`: the per-record paths of asyncio's `SSLProtocol` (decrypt, encrypt, both flow controls) |
@@ -41,6 +42,7 @@ mod sockio;
 mod sockops;
 mod stream;
 mod streams;
+mod subprocess;
 mod tls;
 
 use pyo3::ffi;
@@ -60,6 +62,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pipe::PipeReadCore>()?;
     m.add_class::<pipe::PipeWriteCore>()?;
     m.add_function(wrap_pyfunction!(process::pidfd_supported, m)?)?;
+    m.add_class::<subprocess::SubprocessCore>()?;
     m.add_class::<tls::TlsProtocol>()?;
     m.add_class::<stream::StreamCore>()?;
     m.add_function(wrap_pyfunction!(stream::stream_transport, m)?)?;
