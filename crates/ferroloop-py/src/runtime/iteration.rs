@@ -244,11 +244,12 @@ fn poll(slf: &Bound<'_, LoopCore>, mut wait: Wait, timing: bool) -> PyResult<f64
     let t0 = if timing && blocking { this.now() } else { 0.0 };
     // The GIL is released only around a wait that may block. A zero-timeout poll keeps it: it
     // returns at once, and releasing and taking back the GIL would cost more than the syscall's
-    // own user-space work. When the previous poll found several fds ready (a loaded loop), a
-    // wait that may block first polls with a zero timeout, the GIL held, and releases the GIL
-    // only if that found nothing: the callbacks just run took long enough for more I/O to have
-    // arrived. After one ready fd or none (a connection waiting for its peer, an idle loop) it
-    // does not try: an empty epoll_wait would cost a syscall for nothing.
+    // own user-space work. On a loaded loop (`busy`: the previous poll found several fds ready,
+    // or found one through such a try) a wait that may block first polls with a zero timeout,
+    // the GIL held, and releases the GIL only if that found nothing: the callbacks just run took
+    // long enough for more I/O to have arrived. Otherwise (a connection waiting for its peer, an
+    // idle loop) it does not try: an empty epoll_wait would cost a syscall for nothing.
+    let mut hit = false;
     let result = if !blocking {
         selector.select(&mut events, 0, max_events)
     } else if this.busy.load(Relaxed) {
@@ -256,7 +257,10 @@ fn poll(slf: &Bound<'_, LoopCore>, mut wait: Wait, timing: bool) -> PyResult<f64
             Ok(()) if events.is_empty() => {
                 py.detach(|| selector.select(&mut events, timeout, max_events))
             }
-            r => r,
+            r => {
+                hit = true;
+                r
+            }
         }
     } else {
         py.detach(|| selector.select(&mut events, timeout, max_events))
@@ -290,7 +294,8 @@ fn poll(slf: &Bound<'_, LoopCore>, mut wait: Wait, timing: bool) -> PyResult<f64
             s.drain();
         }
     }
-    this.busy.store(io_events > 1, Relaxed);
+    this.busy
+        .store(io_events > 1 || (hit && io_events > 0), Relaxed);
     this.counters.add_poll(blocking, io_events);
     match result {
         // Python's signal handlers (Ctrl-C, add_signal_handler callbacks) run here, in the

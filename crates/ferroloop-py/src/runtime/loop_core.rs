@@ -60,8 +60,8 @@ pub struct LoopCore {
     pub(super) io: GilCell<IoRegistry<Py<Handle>, Py<PyAny>>>,
     closed: AtomicBool,
     pub(super) stopping: AtomicBool,
-    /// The last poll reported more than one ready fd: the next wait that may block first
-    /// polls without releasing the GIL (`iteration::poll`).
+    /// The last poll reported more than one ready fd, or one found by a zero-timeout try: the
+    /// next wait that may block first polls without releasing the GIL (`iteration::poll`).
     pub(super) busy: AtomicBool,
     debug: AtomicBool,
     slow_callback_duration: AtomicU64, // f64 bits
