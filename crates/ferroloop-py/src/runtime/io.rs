@@ -240,41 +240,41 @@ fn remove_fd(slf: &Bound<'_, LoopCore>, fd: RawFd, dir: Direction) -> PyResult<b
 }
 
 /// Queue the handles of the fds the poller reported (asyncio's `_process_events`).
+///
+/// One borrow of the registry and of the ready queue for all the events (nothing in between
+/// runs Python code: a reference count goes up, a handle is queued); the directions whose handle
+/// was cancelled are unregistered after.
 pub(crate) fn dispatch(slf: &Bound<'_, LoopCore>, events: &[Event]) -> PyResult<()> {
     let py = slf.py();
     let this = slf.get();
     let mut cancelled: Vec<(RawFd, Direction)> = Vec::new();
-    for ev in events {
-        // Fds are the tokens of registered fds; larger tokens are the loop's own (waker, signal
-        // pipe), handled by the iteration.
-        let Ok(fd) = RawFd::try_from(ev.token) else {
-            continue;
-        };
-        let (reader, writer) = this.io.with(py, |r| match r.get(fd) {
-            Some(e) => (
-                if ev.readable {
-                    e.reader.as_ref().map(|h| h.clone_ref(py))
-                } else {
-                    None
-                },
-                if ev.writable {
-                    e.writer.as_ref().map(|h| h.clone_ref(py))
-                } else {
-                    None
-                },
-            ),
-            None => (None, None),
-        })?;
-        for (h, dir) in [(reader, Direction::Read), (writer, Direction::Write)] {
-            let Some(h) = h else { continue };
-            if h.get().is_cancelled() {
-                cancelled.push((fd, dir));
-                drop(h.into_bound(py));
-            } else {
-                this.ready.with(py, |r| r.push(h))?;
+    this.io.with(py, |r| {
+        this.ready.with(py, |q| {
+            for ev in events {
+                // Fds are the tokens of registered fds; larger tokens are the loop's own (waker,
+                // signal pipe), handled by the iteration.
+                let Ok(fd) = RawFd::try_from(ev.token) else {
+                    continue;
+                };
+                let Some(e) = r.get(fd) else {
+                    continue;
+                };
+                for (h, ready, dir) in [
+                    (&e.reader, ev.readable, Direction::Read),
+                    (&e.writer, ev.writable, Direction::Write),
+                ] {
+                    let Some(h) = h.as_ref().filter(|_| ready) else {
+                        continue;
+                    };
+                    if h.get().is_cancelled() {
+                        cancelled.push((fd, dir));
+                    } else {
+                        q.push(h.clone_ref(py));
+                    }
+                }
             }
-        }
-    }
+        })
+    })??;
     for (fd, dir) in cancelled {
         remove_fd(slf, fd, dir)?;
     }

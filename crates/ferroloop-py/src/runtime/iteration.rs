@@ -3,7 +3,7 @@
 //! 1. Drop cancelled timers (from the heap top, or a full purge when most are cancelled).
 //! 2. Decide how long to wait: not at all if callbacks are ready or the loop is stopping, until
 //!    the next timer otherwise (rounded up to the poller's resolution), or until woken.
-//! 3. Poll for I/O with the GIL released; EINTR runs Python's signal handlers (so Ctrl-C
+//! 3. Poll for I/O, with the GIL released if the wait may block; EINTR runs Python's signal handlers (so Ctrl-C
 //!    interrupts a loop blocked waiting, exactly as in asyncio's selector loop).
 //! 4. Move due timers (deadline <= now: never early) to the ready queue.
 //! 5. Run the callbacks that are ready now — not the ones they schedule, which wait for the next
@@ -242,7 +242,29 @@ fn poll(slf: &Bound<'_, LoopCore>, mut wait: Wait, timing: bool) -> PyResult<f64
     let selector = &this.selector;
     let blocking = timeout != 0;
     let t0 = if timing && blocking { this.now() } else { 0.0 };
-    let result = py.detach(|| selector.select(&mut events, timeout, max_events));
+    // The GIL is released only around a wait that may block. A zero-timeout poll keeps it: it
+    // returns at once, and releasing and taking back the GIL would cost more than the syscall's
+    // own user-space work. On a loaded loop (`busy`: the previous poll found several fds ready,
+    // or found one through such a try) a wait that may block first polls with a zero timeout,
+    // the GIL held, and releases the GIL only if that found nothing: the callbacks just run took
+    // long enough for more I/O to have arrived. Otherwise (a connection waiting for its peer, an
+    // idle loop) it does not try: an empty epoll_wait would cost a syscall for nothing.
+    let mut hit = false;
+    let result = if !blocking {
+        selector.select(&mut events, 0, max_events)
+    } else if this.busy.load(Relaxed) {
+        match selector.select(&mut events, 0, max_events) {
+            Ok(()) if events.is_empty() => {
+                py.detach(|| selector.select(&mut events, timeout, max_events))
+            }
+            r => {
+                hit = true;
+                r
+            }
+        }
+    } else {
+        py.detach(|| selector.select(&mut events, timeout, max_events))
+    };
     let idle = if timing && blocking {
         this.now() - t0
     } else {
@@ -272,6 +294,8 @@ fn poll(slf: &Bound<'_, LoopCore>, mut wait: Wait, timing: bool) -> PyResult<f64
             s.drain();
         }
     }
+    this.busy
+        .store(io_events > 1 || (hit && io_events > 0), Relaxed);
     this.counters.add_poll(blocking, io_events);
     match result {
         // Python's signal handlers (Ctrl-C, add_signal_handler callbacks) run here, in the

@@ -60,6 +60,9 @@ pub struct LoopCore {
     pub(super) io: GilCell<IoRegistry<Py<Handle>, Py<PyAny>>>,
     closed: AtomicBool,
     pub(super) stopping: AtomicBool,
+    /// The last poll reported more than one ready fd, or one found by a zero-timeout try: the
+    /// next wait that may block first polls without releasing the GIL (`iteration::poll`).
+    pub(super) busy: AtomicBool,
     debug: AtomicBool,
     slow_callback_duration: AtomicU64, // f64 bits
     /// asyncio's `_task_factory` attribute (None: `None`), a property so that `create_task` reads
@@ -287,6 +290,7 @@ impl LoopCore {
             io: GilCell::new(IoRegistry::new()),
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            busy: AtomicBool::new(false),
             debug: AtomicBool::new(false),
             slow_callback_duration: AtomicU64::new(0.1f64.to_bits()),
             task_factory: GilCell::new(None),
