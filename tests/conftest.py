@@ -220,6 +220,14 @@ def loop(flavor):
 
 
 @pytest.fixture
+def errors(loop):
+    """The contexts that reach `loop`'s exception handler, in order."""
+    got = []
+    loop.set_exception_handler(lambda lp, ctx: got.append(ctx))
+    return got
+
+
+@pytest.fixture
 def other_flavor(flavor):
     """The other implementation (for cross-implementation interplay tests)."""
     return make_flavor('ferroloop' if flavor.name == 'asyncio' else 'asyncio')

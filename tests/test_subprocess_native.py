@@ -35,11 +35,10 @@ def pattern(n):
 
 
 @pytest.fixture
-def errors(loop):
-    got = []
-    loop.set_exception_handler(lambda lp, ctx: got.append(ctx))
-    asyncio.set_event_loop(loop)   # 3.11's child watcher attaches to the current loop
-    return got
+def errors(errors, loop):
+    """conftest's `errors`, with `loop` as the current loop: 3.11's child watcher attaches to it."""
+    asyncio.set_event_loop(loop)
+    return errors
 
 
 @pytest.mark.parametrize('code', [0, 1, 3, 255])

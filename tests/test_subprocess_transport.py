@@ -25,11 +25,10 @@ def run(loop, coro, timeout=30):
 
 
 @pytest.fixture
-def errors(loop):
-    got = []
-    loop.set_exception_handler(lambda lp, ctx: got.append(ctx))
-    asyncio.set_event_loop(loop)   # 3.11's child watcher attaches to the current loop
-    return got
+def errors(errors, loop):
+    """conftest's `errors`, with `loop` as the current loop: 3.11's child watcher attaches to it."""
+    asyncio.set_event_loop(loop)
+    return errors
 
 
 class Rec(asyncio.SubprocessProtocol):

@@ -67,13 +67,6 @@ def run(loop, coro):
     return loop.run_until_complete(asyncio.wait_for(coro, 30))
 
 
-@pytest.fixture
-def errors(loop):
-    got = []
-    loop.set_exception_handler(lambda lp, ctx: got.append(ctx))
-    return got
-
-
 def test_udp_v4_echo_methods_and_extra_info(loop, flavor, errors):
     async def main():
         srv = Rec(loop, echo=True)

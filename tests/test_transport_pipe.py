@@ -56,13 +56,6 @@ def run(loop, coro):
     return loop.run_until_complete(asyncio.wait_for(coro, 30))
 
 
-@pytest.fixture
-def errors(loop):
-    got = []
-    loop.set_exception_handler(lambda lp, ctx: got.append(ctx))
-    return got
-
-
 def drain_fd(fd):
     os.set_blocking(fd, False)
     got = bytearray()
