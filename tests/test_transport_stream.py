@@ -1042,3 +1042,112 @@ def test_10000_concurrent_connections(h):
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert h.errors == []
+
+
+# -- the bytes objects handed to data_received ----------------------------------------------------
+
+class Collect(asyncio.Protocol):
+    """Acknowledges every message; what it does with `data` is the test's `on_data`."""
+
+    def __init__(self, on_data):
+        self.on_data = on_data
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.on_data(data)
+        self.transport.write(b'.')
+
+
+async def one_message_per_read(loop, family, tmp_path, on_data, messages):
+    """Sends `messages` one at a time, each after the previous one's acknowledgement, so every
+    read gets exactly one message."""
+    ctr, cp, st, sp, srv = await connected(
+        loop, family, tmp_path, server_factory=lambda: Collect(on_data))
+    for m in messages:
+        cp.data.clear()
+        ctr.write(m)
+        while not cp.data:
+            await asyncio.sleep(0.001)
+    await shut(srv, ctr, st)
+
+
+def messages_of(sizes):
+    return [bytes((i * 7 + j) % 251 for j in range(n)) for i, n in enumerate(sizes)]
+
+
+# sizes going up and down, so that a bytes object made for one message could be reused for the next
+SIZES = [1000, 999, 600, 1000, 501, 2, 3, 4000, 2001, 3999, 1000, 4000, 4000, 100]
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_data_received_bytes_dropped_by_the_protocol_have_fresh_contents_length_and_hash(
+        h, family, tmp_path):
+    msgs = messages_of(SIZES)
+    seen = []
+
+    def on_data(data):
+        assert type(data) is bytes
+        fresh = bytes(bytearray(data))
+        # the hash is computed on the object itself (and cached on it), then the object dropped
+        seen.append((len(data), hash(data) == hash(fresh), data == fresh, fresh,
+                     data.decode('latin-1') == fresh.decode('latin-1')))
+
+    h.run(one_message_per_read(h.loop, family, tmp_path, on_data, msgs))
+    assert [s[0] for s in seen] == SIZES
+    assert all(s[1] and s[2] and s[4] for s in seen)
+    assert [s[3] for s in seen] == msgs
+    assert h.errors == []
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_data_received_bytes_kept_by_the_protocol_never_change(h, family, tmp_path):
+    msgs = messages_of(SIZES)
+    kept, views, keys = [], [], {}
+
+    def on_data(data):
+        n = len(kept)
+        if n % 3 == 0:
+            kept.append(data)                   # the object itself
+        elif n % 3 == 1:
+            kept.append(memoryview(data))       # a view of it
+        else:
+            keys[data] = n                      # as a dict key (hash cached on it)
+            kept.append(data)
+        views.append(hash(data))
+
+    h.run(one_message_per_read(h.loop, family, tmp_path, on_data, msgs))
+    assert [bytes(k) for k in kept] == msgs
+    assert [hash(bytes(k)) for k in kept] == views
+    assert all(keys[m] == i for i, m in enumerate(msgs) if i % 3 == 2)
+    assert h.errors == []
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_data_received_bytes_written_and_buffered_are_sent_unchanged(h, family, tmp_path):
+    # the server echoes every message, but the client does not read: once the sockets' buffers
+    # are full the echoes wait in the server transport's buffer (by reference) while later
+    # messages are read
+    async def main():
+        loop = h.loop
+        ctr, cp, st, sp, srv = await connected(loop, family, tmp_path)
+        sp.on_data = st.write
+        ctr.pause_reading()
+        sent = []
+        while st.get_write_buffer_size() == 0:
+            assert len(sent) < 100_000, 'the echoes never had to wait'
+            batch = messages_of([1000] * 100)
+            sent += batch
+            ctr.write(b''.join(batch))
+            while len(sp.data) < len(sent) * 1000:
+                await asyncio.sleep(0.001)
+        ctr.resume_reading()
+        while len(cp.data) < len(sent) * 1000:
+            await asyncio.sleep(0.001)
+        assert bytes(cp.data) == b''.join(sent)
+        await shut(srv, ctr, st)
+
+    h.run(main())
+    assert h.errors == []

@@ -297,11 +297,12 @@ impl StreamCore {
                 Err(err) => Self::fatal(tr, err, READ_FAILED),
             };
         }
-        let data = match sockio::recv(py, this.fd, this.max_size) {
-            Ok(Io::Done(data)) => data,
+        let received = match sockio::recv_recycling(py, this.fd, this.max_size) {
+            Ok(Io::Done(received)) => received,
             Ok(Io::WouldBlock) => return Ok(()),
             Err(err) => return Self::fatal(tr, err, READ_FAILED),
         };
+        let data = &received.bytes;
         if data.as_bytes().is_empty() {
             tr.call_method0(intern!(py, "_read_ready__on_eof"))?;
             return Ok(());
@@ -313,8 +314,9 @@ impl StreamCore {
         let protocol = protocol.into_bound(py);
         this.begin_reading(py)?;
         let res = super::call_method1(&protocol, intern!(py, "data_received"), data.as_any());
-        drop(data);
         Self::end_reading(slf)?;
+        // after the writes made in data_received are sent: an echoed message is free again
+        sockio::recycle(received);
         match res {
             Ok(_) => Ok(()),
             Err(err) => Self::fatal(tr, err, DATA_RECEIVED_FAILED),

@@ -37,6 +37,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyString, PyTuple,
 use pyo3::PyTraverseError;
 
 use super::call_method1;
+use super::sockio;
 use crate::errors;
 use crate::sys::openssl::{Direct, Io};
 
@@ -578,14 +579,16 @@ impl TlsProtocol {
             let data = unsafe {
                 let done = &buf.as_bytes()[..offset];
                 if spill.is_empty() {
-                    PyBytes::new(py, done)
+                    sockio::bytes_recycling(py, done)
                 } else {
                     spill.extend_from_slice(done);
-                    PyBytes::new(py, &spill)
+                    sockio::bytes_recycling(py, &spill)
                 }
             };
             let app = Self::need(slf, |s| &s.app_protocol, "data_received")?;
-            call_method1(&app, intern!(py, "data_received"), data.as_any())?;
+            call_method1(&app, intern!(py, "data_received"), data.bytes.as_any())?;
+            // what the app wrote back is encrypted by now (a write left waiting holds a reference)
+            sockio::recycle(data);
         }
         if eof {
             Self::close_notify(slf)?;
