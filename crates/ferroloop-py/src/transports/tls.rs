@@ -287,33 +287,27 @@ fn bound<'py>(py: Python<'py>, o: &Option<Py<PyAny>>) -> Option<Bound<'py, PyAny
 }
 
 impl TlsProtocol {
+    /// `_sslobj_raw`, `_incoming` and `_outgoing`, if all three are set.
+    fn ssl_objects<'py>(&self, py: Python<'py>) -> Option<[Bound<'py, PyAny>; 3]> {
+        Some([
+            bound(py, &self.raw)?,
+            bound(py, &self.incoming)?,
+            bound(py, &self.outgoing)?,
+        ])
+    }
+
     /// The direct OpenSSL path with its objects held, if this connection has one.
     fn live<'py>(slf: &Bound<'py, Self>) -> Option<Live<'py>> {
-        let py = slf.py();
         let me = slf.borrow();
         let d = me.direct?;
-        let keep = [
-            bound(py, &me.raw)?,
-            bound(py, &me.incoming)?,
-            bound(py, &me.outgoing)?,
-        ];
+        let keep = me.ssl_objects(slf.py())?;
         Some(Live { d, _keep: keep })
     }
 
     /// Recomputes the direct path after `_sslobj_raw`, `_incoming` or `_outgoing` changed.
     fn rebind(slf: &Bound<'_, Self>) {
-        let py = slf.py();
-        let d = {
-            let me = slf.borrow();
-            match (
-                bound(py, &me.raw),
-                bound(py, &me.incoming),
-                bound(py, &me.outgoing),
-            ) {
-                (Some(r), Some(i), Some(o)) => Direct::bind(&r, &i, &o),
-                _ => None,
-            }
-        };
+        let objects = slf.borrow().ssl_objects(slf.py());
+        let d = objects.and_then(|[r, i, o]| Direct::bind(&r, &i, &o));
         slf.borrow_mut().direct = d;
     }
 
@@ -464,13 +458,14 @@ impl TlsProtocol {
             .map(|b| b.clone_ref(slf.py()).into_bound(slf.py()))
     }
 
-    /// True when a `read` now could only raise SSLWantReadError (see the module docs).
-    fn nothing_to_read(slf: &Bound<'_, Self>) -> PyResult<bool> {
+    /// True when a `read` now could only raise SSLWantReadError (see the module docs); `live`:
+    /// the direct path of this pass, if the connection has one.
+    fn nothing_to_read(slf: &Bound<'_, Self>, live: Option<&Live<'_>>) -> PyResult<bool> {
         let py = slf.py();
-        if let Some(d) = Self::live(slf) {
+        if let Some(d) = live {
             return Ok(d.incoming_pending() == 0 && d.pending() == 0);
         }
-        if Self::read_buffer_size(slf)? != 0 {
+        if Self::pending(&Self::need(slf, |s| &s.incoming, "pending")?)? != 0 {
             return Ok(false);
         }
         let n: isize =
@@ -527,7 +522,9 @@ impl TlsProtocol {
         let mut spill: Vec<u8> = Vec::new(); // when more than `cap` bytes come in one call
         let mut eof = false;
         loop {
-            if Self::nothing_to_read(slf)? {
+            // one direct path per pass: nothing below runs Python code before the read
+            let live = Self::live(slf);
+            if Self::nothing_to_read(slf, live.as_ref())? {
                 break;
             }
             if offset == cap {
@@ -536,7 +533,7 @@ impl TlsProtocol {
                 spill.extend_from_slice(unsafe { &buf.as_bytes()[..offset] });
                 offset = 0;
             }
-            if let Some(d) = Self::live(slf) {
+            if let Some(d) = live {
                 // SAFETY: GIL held; the bytearray is neither resized (a memoryview exports it)
                 // nor read or written by anyone else while OpenSSL decrypts into its tail.
                 let tail = unsafe { &mut buf.as_bytes_mut()[offset..cap] };
