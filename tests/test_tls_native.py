@@ -679,6 +679,44 @@ def test_many_records_in_one_segment(loop, certs):
 
 
 @pytest.mark.timeout(30)
+def test_small_then_large_then_small_messages_in_order(loop, certs):
+    # a Protocol server sees a few bytes at a time, then bursts of records larger than any
+    # buffer it read into so far, then a few bytes again; everything echoed back in order
+    h = Harness(loop)
+    sctx, cctx = server_ctx(certs), client_ctx(certs)
+    sizes = [1, 5, 100, 3000, 4096, 4097, 20000, 70000, 300000, 1, 2, 65536, 17, 1000000, 3]
+    msgs = [bytes((i * 31 + j) % 256 for j in range(n)) for i, n in enumerate(sizes)]
+    chunks = []
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, tr):
+            self.tr = tr
+
+        def data_received(self, data):
+            chunks.append(len(data))
+            self.tr.write(data)
+
+    async def main():
+        srv = await loop.create_server(Echo, '127.0.0.1', 0, ssl=sctx)
+        port = srv.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection('127.0.0.1', port, ssl=cctx,
+                                             server_hostname='localhost')
+        for m in msgs:             # one at a time: small reads stay small
+            w.write(m)
+            assert await r.readexactly(len(m)) == m
+        w.write(b''.join(msgs))    # all at once
+        assert await r.readexactly(sum(sizes)) == b''.join(msgs)
+        w.close()
+        await w.wait_closed()
+        srv.close()
+        await srv.wait_closed()
+
+    run(loop, main(), 20)
+    assert sum(chunks) == 2 * sum(sizes)
+    h.finish()
+
+
+@pytest.mark.timeout(30)
 def test_tls_in_tls_with_start_tls(loop, certs):
     h = Harness(loop)
     sctx, cctx = server_ctx(certs), client_ctx(certs)

@@ -2,7 +2,7 @@
 (see bench/README.md, "Memory per idle connection").
 
     python bench/echo/memory.py [--quick] [--conns 10000] [--reps 3] [--loops a,b]
-                                [--styles protocol,streams] [--transports tcp,unix] [--markdown]
+                                [--styles protocol,streams] [--transports tcp,unix,tls] [--markdown]
     python bench/echo/memory.py --serve --loop ferroloop --style protocol --transport tcp   # one server
 
 Each sample is a fresh server process (`--serve`, pinned to one CPU) on one loop:
@@ -14,6 +14,9 @@ asks the server for its RSS (after gc.collect(), connections idle), opens --conn
 asks again: RSS growth / --conns = bytes per idle connection. The server reads its commands from
 stdin in a helper thread and answers from the loop (call_soon_threadsafe), so every loop is
 measured the same way. RLIMIT_NOFILE is raised to the hard limit in both processes.
+With --transports tls the server is TCP with ssl= (a self-signed certificate made by the runner),
+and the runner completes each TLS handshake before counting the connection: an idle TLS connection
+(handshake done, nothing sent), which holds the TLS protocol's receive buffer.
 """
 
 import argparse
@@ -34,7 +37,7 @@ sys.path.insert(0, str(HERE))
 import netbench as nb  # noqa: E402
 
 STYLES = ('protocol', 'streams')
-TRANSPORTS = ('tcp', 'unix')
+TRANSPORTS = ('tcp', 'unix', 'tls')
 PAGE = os.sysconf('SC_PAGE_SIZE')
 
 
@@ -93,8 +96,13 @@ def serve(a):
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(('127.0.0.1', 0))
-        shown = 'tcp {}:{}'.format(*sock.getsockname())
+        shown = '{} {}:{}'.format(a.transport, *sock.getsockname())
     sock.listen(4096)
+    tls = None
+    if a.transport == 'tls':
+        import ssl
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(a.cert, a.key)
 
     def report():  # on the loop thread: collect garbage, then the count and RSS
         gc.collect()
@@ -111,11 +119,11 @@ def serve(a):
             if a.transport == 'unix':
                 server = await loop.create_unix_server(IdleProtocol, sock=sock)
             else:
-                server = await loop.create_server(IdleProtocol, sock=sock)
+                server = await loop.create_server(IdleProtocol, sock=sock, ssl=tls)
         elif a.transport == 'unix':
             server = await asyncio.start_unix_server(handler, sock=sock)
         else:
-            server = await asyncio.start_server(handler, sock=sock)
+            server = await asyncio.start_server(handler, sock=sock, ssl=tls)
         print(f'LISTENING {shown}', flush=True)
         return server
 
@@ -135,6 +143,8 @@ class Worker:
         self.path = f'/tmp/ferroloop-idle-{os.getpid()}.sock'
         cmd = [a.python, __file__, '--serve', '--loop', loop, '--style', style, '--transport', transport,
                '--conns', str(a.conns + a.warm), '--path', self.path]
+        if transport == 'tls':
+            cmd += ['--cert', a.cert, '--key', a.key]
         if a.server_cpu is not None:
             cmd += ['--cpu', str(a.server_cpu)]
         self.err = open(f'/tmp/ferroloop-idle-{os.getpid()}.err', 'w+')
@@ -190,6 +200,20 @@ class Worker:
             os.unlink(self.path)
 
 
+_CLIENT_TLS = []
+
+
+def client_tls():
+    """The runner's TLS client context (the server's certificate is self-signed)."""
+    if not _CLIENT_TLS:
+        import ssl
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        _CLIENT_TLS.append(ctx)
+    return _CLIENT_TLS[0]
+
+
 def open_conns(kind, addr, n, batch, worker, have):
     """Opens n connections in batches (waiting for the server to hold each batch, so the listen
     backlog never overflows); returns the sockets."""
@@ -202,6 +226,8 @@ def open_conns(kind, addr, n, batch, worker, have):
             else:
                 host, _, port = addr.rpartition(':')
                 s = socket.create_connection((host, int(port)))
+                if kind == 'tls':
+                    s = client_tls().wrap_socket(s, server_hostname='localhost')  # handshake done
             socks.append(s)
         worker.wait_count(have + len(socks))
     return socks
@@ -239,6 +265,8 @@ def parse_args(argv):
     p.add_argument('--transport', choices=TRANSPORTS, default='tcp', help='--serve: the transport')
     p.add_argument('--path', default='/tmp/ferroloop-idle.sock', help='--serve: the Unix socket path')
     p.add_argument('--cpu', type=int, help='--serve: pin to this CPU')
+    p.add_argument('--cert', help='--serve --transport tls: the certificate (PEM)')
+    p.add_argument('--key', help='--serve --transport tls: its key (PEM)')
     p.add_argument('--loops', type=nb.csv_list(nb.LOOPS), default=list(nb.LOOPS))
     p.add_argument('--styles', type=nb.csv_list(STYLES), default=list(STYLES))
     p.add_argument('--transports', type=nb.csv_list(TRANSPORTS), default=['tcp'])
@@ -256,6 +284,8 @@ def parse_args(argv):
     a.conns = a.conns or (2000 if a.quick else 10000)
     a.reps = a.reps or (1 if a.quick else 3)
     if not a.serve:
+        if 'tls' in a.transports:
+            a.cert, a.key = nb.make_cert()
         srv, cli = nb.default_cpus()
         a.server_cpu = srv if a.server_cpu is None else a.server_cpu
         a.client_cpu = cli if a.client_cpu is None else a.client_cpu

@@ -43,12 +43,16 @@ use crate::sys::openssl::{Direct, Io};
 
 /// asyncio's `SSLProtocol.max_size`: the largest buffer `get_buffer(n)` makes.
 const MAX_SIZE: usize = 256 * 1024;
-/// The buffer `get_buffer(-1)` makes (asyncio: `max_size`), so the most one socket read takes in
-/// and the scratch records are decrypted into. With 256 KiB, the received bytes, the memory BIO
-/// holding them and the decrypted bytes object do not fit a 512 KiB L2 cache together, and every
-/// copy between them misses it: a 1 GiB transfer cost 1.2 s of server CPU against 0.8 s with
-/// 64 KiB (bench/README.md, "TLS transfer"). It also makes a TLS connection's buffer 64 KiB.
+/// The largest buffer `get_buffer(-1)` makes (asyncio: always `max_size`), so the most one socket
+/// read takes in and the scratch records are decrypted into. With 256 KiB, the received bytes,
+/// the memory BIO holding them and the decrypted bytes object do not fit a 512 KiB L2 cache
+/// together, and every copy between them misses it: a 1 GiB transfer cost 1.2 s of server CPU
+/// against 0.8 s with 64 KiB (bench/README.md, "TLS transfer").
 const RECV_SIZE: usize = 64 * 1024;
+/// The first buffer `get_buffer(-1)` makes; each read that fills the buffer doubles the next one,
+/// up to [`RECV_SIZE`]. A connection that only handshakes or exchanges small messages keeps 4 KiB
+/// (its buffer is zero-filled, so all of it is resident) instead of asyncio's 256 KiB.
+const FIRST_RECV_SIZE: usize = 4 * 1024;
 /// `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u64 = 5;
 const SSL_PROTOCOL_FAILED: &str = "Fatal error on SSL protocol";
@@ -243,6 +247,8 @@ pub struct TlsProtocol {
     /// asyncio's `_ssl_buffer`/`_ssl_buffer_view`: what `get_buffer` hands to the socket side.
     ssl_buffer: Option<Py<PyByteArray>>,
     ssl_view: Option<Py<PyAny>>,
+    /// The size `get_buffer(-1)` asks for (`FIRST_RECV_SIZE` up to `RECV_SIZE`).
+    recv_size: usize,
     write_backlog: VecDeque<Py<PyAny>>,
     #[pyo3(get, set, name = "_write_buffer_size")]
     write_buffer_size: isize,
@@ -451,6 +457,19 @@ impl TlsProtocol {
         d.feed(unsafe { &buf.as_bytes()[..nbytes as usize] })
     }
 
+    /// A read filled the buffer: the next `get_buffer(-1)` makes one twice as large (up to
+    /// `RECV_SIZE`).
+    fn grow_recv_size(slf: &Bound<'_, Self>, nbytes: isize) {
+        let mut me = slf.borrow_mut();
+        let len = match &me.ssl_buffer {
+            Some(b) => b.bind(slf.py()).len(),
+            None => return,
+        };
+        if nbytes > 0 && nbytes as usize >= len && me.recv_size < RECV_SIZE {
+            me.recv_size = (len * 2).clamp(me.recv_size, RECV_SIZE);
+        }
+    }
+
     fn field_buf<'py>(slf: &Bound<'py, Self>) -> Option<Bound<'py, PyByteArray>> {
         let me = slf.borrow();
         me.ssl_buffer
@@ -506,7 +525,7 @@ impl TlsProtocol {
         let py = slf.py();
         Self::need(slf, |s| &s.raw, "read")?;
         // the scratch buffer: the protocol's buffer (made by get_buffer) and its memoryview
-        Self::get_buffer(slf, RECV_SIZE as isize)?;
+        Self::get_buffer(slf, -1)?;
         let (buf, view) = {
             let me = slf.borrow();
             match (&me.ssl_buffer, &me.ssl_view) {
@@ -873,6 +892,7 @@ impl TlsProtocol {
             extra: None,
             ssl_buffer: None,
             ssl_view: None,
+            recv_size: FIRST_RECV_SIZE,
             calls: Calls::default(),
             direct: None,
             write_backlog: VecDeque::new(),
@@ -1061,7 +1081,7 @@ impl TlsProtocol {
     fn get_buffer<'py>(slf: &Bound<'py, Self>, n: isize) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let want = if n <= 0 {
-            RECV_SIZE
+            slf.borrow().recv_size
         } else {
             (n as usize).min(MAX_SIZE)
         };
@@ -1092,6 +1112,7 @@ impl TlsProtocol {
     fn buffer_updated(slf: &Bound<'_, Self>, nbytes: isize) -> PyResult<()> {
         let py = slf.py();
         let view = Self::need(slf, |s| &s.ssl_view, "__getitem__")?;
+        Self::grow_recv_size(slf, nbytes);
         if !Self::feed_direct(slf, nbytes) {
             let part = Self::received(slf, &view, nbytes)?;
             Self::call(
