@@ -21,6 +21,7 @@ and the runner completes each TLS handshake before counting the connection: an i
 
 import argparse
 import asyncio
+import functools
 import gc
 import os
 import resource
@@ -200,18 +201,14 @@ class Worker:
             os.unlink(self.path)
 
 
-_CLIENT_TLS = []
-
-
+@functools.cache
 def client_tls():
-    """The runner's TLS client context (the server's certificate is self-signed)."""
-    if not _CLIENT_TLS:
-        import ssl
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        _CLIENT_TLS.append(ctx)
-    return _CLIENT_TLS[0]
+    """The runner's TLS client context, made once (the server's certificate is self-signed)."""
+    import ssl
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 def open_conns(kind, addr, n, batch, worker, have):
