@@ -1105,7 +1105,7 @@ def test_data_received_bytes_dropped_by_the_protocol_have_fresh_contents_length_
 @pytest.mark.parametrize('family', FAMILIES)
 def test_data_received_bytes_kept_by_the_protocol_never_change(h, family, tmp_path):
     msgs = messages_of(SIZES)
-    kept, views, keys = [], [], {}
+    kept, hashes, keys = [], [], {}
 
     def on_data(data):
         n = len(kept)
@@ -1116,11 +1116,11 @@ def test_data_received_bytes_kept_by_the_protocol_never_change(h, family, tmp_pa
         else:
             keys[data] = n                      # as a dict key (hash cached on it)
             kept.append(data)
-        views.append(hash(data))
+        hashes.append(hash(data))
 
     h.run(one_message_per_read(h.loop, family, tmp_path, on_data, msgs))
     assert [bytes(k) for k in kept] == msgs
-    assert [hash(bytes(k)) for k in kept] == views
+    assert [hash(bytes(k)) for k in kept] == hashes
     assert all(keys[m] == i for i, m in enumerate(msgs) if i % 3 == 2)
     assert h.errors == []
 
